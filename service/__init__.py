@@ -1,0 +1,1 @@
+"""A REST service that queues, trains, compares and serves Keras CNN experiments."""

@@ -1,0 +1,94 @@
+"""Command line: `python -m service api|worker|up|migrate`."""
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Keep TensorFlow's C++ start-up chatter out.
+
+from service.settings import get_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKER_STOP_SECONDS = 30
+
+
+def migrate() -> None:
+    """Upgrade the database to the newest Alembic revision."""
+    from alembic import command
+    from alembic.config import Config
+
+    settings = get_settings()
+    config = Config(ROOT / "alembic.ini")
+    config.attributes["database_url"] = settings.database_url
+    command.upgrade(config, "head")
+
+
+def run_api() -> None:
+    import uvicorn
+
+    from service.api import create_app
+
+    settings = get_settings()
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
+
+
+def run_worker(device: str | None, drain: bool) -> None:
+    from service.db import create_db_engine, create_session_factory
+    from service.worker import Worker
+
+    settings = get_settings()
+    engine = create_db_engine(
+        settings.database_url, sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms
+    )
+    worker = Worker(
+        settings, create_session_factory(engine), device=device or settings.worker_device
+    )
+    worker.install_signal_handlers()
+    worker.run(drain=drain)
+
+
+def run_all() -> None:
+    """Migrations, then one worker in a child process and the API in this one."""
+    migrate()
+    worker = subprocess.Popen([sys.executable, "-m", "service", "worker"])
+    try:
+        run_api()
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(WORKER_STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("api", help="serve the REST API on HOST:PORT")
+    worker = commands.add_parser("worker", help="train queued experiments")
+    worker.add_argument("--device", choices=["auto", "cpu", "gpu"], help="default: WORKER_DEVICE")
+    worker.add_argument("--drain", action="store_true", help="exit once the queue is empty")
+    commands.add_parser("up", help="migrate, then run the API and one worker until Ctrl-C")
+    commands.add_parser("migrate", help="upgrade the database schema to the newest revision")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.command == "api":
+        run_api()
+    elif args.command == "worker":
+        run_worker(args.device, args.drain)
+    elif args.command == "up":
+        run_all()
+    else:
+        migrate()
+
+
+if __name__ == "__main__":
+    main()

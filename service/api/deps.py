@@ -1,0 +1,29 @@
+"""Request dependencies: settings, a database session committed at the boundary, the cache."""
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from service.inference import ModelCache
+from service.settings import Settings
+
+
+def get_app_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """One transaction per request, committed when the handler returns without error."""
+    with request.app.state.session_factory() as session, session.begin():
+        yield session
+
+
+def get_model_cache(request: Request) -> ModelCache:
+    return request.app.state.model_cache
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+SessionDep = Annotated[Session, Depends(get_session)]
+ModelCacheDep = Annotated[ModelCache, Depends(get_model_cache)]

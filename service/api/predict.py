@@ -1,0 +1,175 @@
+"""POST /predict: classify uploaded images with a trained experiment's model."""
+
+import json
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.api.deps import ModelCacheDep, SessionDep, SettingsDep
+from service.api.experiments import get_experiment_or_404
+from service.inference import (
+    ImageTooLargeError,
+    InvalidImageError,
+    decode_b64,
+    decode_image,
+    describe,
+    parse_array,
+)
+from service.models import Experiment, ExperimentStatus, TrainedModel
+from service.schemas import PredictResponse
+from service.settings import Settings
+
+router = APIRouter(tags=["predict"])
+
+MEDIA_TYPES = (
+    "multipart/form-data (field 'image'), application/json ({'instances': [...]}) or image/*"
+)
+
+
+def _payload_too_large(message: str) -> HTTPException:
+    return HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, message)
+
+
+def _unprocessable(message: str) -> HTTPException:
+    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, message)
+
+
+async def _read_images(request: Request, settings: Settings, invert: bool | None) -> np.ndarray:
+    """The request's images as one N×28×28 batch scaled to [0, 1]."""
+    limit = settings.max_upload_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise _payload_too_large(f"the upload is {int(declared):,} bytes, over the {limit:,} limit")
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+    if media_type == "multipart/form-data":
+        try:
+            form = await request.form(max_files=1, max_fields=4, max_part_size=limit)
+        except StarletteHTTPException as error:
+            # Starlette reports every multipart failure as a 400; an oversized part is a 413.
+            if "maximum size" in str(error.detail):
+                raise _payload_too_large(
+                    f"{error.detail} Uploads are limited to {limit:,} bytes"
+                ) from None
+            raise _unprocessable(f"malformed multipart body: {error.detail}") from None
+        upload = form.get("image")
+        if not isinstance(upload, UploadFile):
+            raise _unprocessable("send the picture as a multipart file field named 'image'")
+        data = await upload.read()
+        return await run_in_threadpool(_decode_all, [data], settings, invert)
+
+    body = await request.body()
+    if len(body) > limit:
+        raise _payload_too_large(f"the upload is {len(body):,} bytes, over the {limit:,} limit")
+    if media_type.startswith("image/"):
+        return await run_in_threadpool(_decode_all, [body], settings, invert)
+    if media_type == "application/json":
+        instances = _instances(body, settings)
+        return await run_in_threadpool(_decode_all, instances, settings, invert)
+    raise HTTPException(
+        status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+        f"content type {media_type or 'missing'!r} is not supported: send {MEDIA_TYPES}",
+    )
+
+
+def _instances(body: bytes, settings: Settings) -> list:
+    try:
+        document = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise _unprocessable(f"the body is not valid JSON ({error})") from None
+    instances = document.get("instances") if isinstance(document, dict) else None
+    if not isinstance(instances, list) or not instances:
+        raise _unprocessable('send {"instances": [...]} with 28×28 arrays or {"b64": ...} items')
+    if len(instances) > settings.max_predict_instances:
+        raise _payload_too_large(
+            f"{len(instances)} instances, over the limit of {settings.max_predict_instances}"
+        )
+    return instances
+
+
+def _decode_all(items: list, settings: Settings, invert: bool | None) -> np.ndarray:
+    pixels = []
+    for index, item in enumerate(items):
+        try:
+            if isinstance(item, bytes):
+                pixels.append(
+                    decode_image(item, max_pixels=settings.max_image_pixels, invert=invert)
+                )
+            elif isinstance(item, dict):
+                if set(item) != {"b64"} or not isinstance(item["b64"], str):
+                    raise InvalidImageError('an object instance must be {"b64": "<base64 image>"}')
+                pixels.append(
+                    decode_b64(item["b64"], max_pixels=settings.max_image_pixels, invert=invert)
+                )
+            else:
+                pixels.append(parse_array(item))
+        except ImageTooLargeError as error:
+            raise _payload_too_large(f"instance {index}: {error}") from None
+        except InvalidImageError as error:
+            raise _unprocessable(f"instance {index}: {error}") from None
+    return np.stack(pixels)
+
+
+def _choose_experiment(session: Session, experiment_id: int | None) -> tuple[int, str]:
+    """The experiment whose model serves this request, and its model's checksum."""
+    if experiment_id is None:
+        row = session.execute(
+            select(Experiment.id, TrainedModel.sha256)
+            .join(TrainedModel, TrainedModel.experiment_id == Experiment.id)
+            .where(Experiment.status == ExperimentStatus.SUCCEEDED)
+            .order_by(Experiment.finished_at.desc(), Experiment.id.desc())
+            .limit(1)
+        ).first()
+        if row is None:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                "no experiment has finished training yet: POST /experiments and wait for it",
+            )
+        return row.id, row.sha256
+    experiment = get_experiment_or_404(session, experiment_id)
+    sha256 = session.scalar(
+        select(TrainedModel.sha256).where(TrainedModel.experiment_id == experiment_id)
+    )
+    if experiment.status != ExperimentStatus.SUCCEEDED or sha256 is None:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"experiment {experiment_id} is {experiment.status}, not succeeded: "
+            "its model can serve once training has finished",
+        )
+    return experiment_id, sha256
+
+
+@router.post("/predict", response_model=PredictResponse)
+async def predict(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    cache: ModelCacheDep,
+    experiment_id: Annotated[int | None, Query(description="default: latest succeeded")] = None,
+    invert: Annotated[
+        bool | None, Query(description="default: invert dark-on-light pictures")
+    ] = None,
+) -> PredictResponse:
+    """Classify one uploaded image, or a JSON batch of arrays and base64 images."""
+    chosen_id, sha256 = await run_in_threadpool(_choose_experiment, session, experiment_id)
+    pixels = await _read_images(request, settings, invert)
+
+    def fetch() -> bytes:
+        with request.app.state.session_factory() as fetch_session:
+            return fetch_session.scalar(
+                select(TrainedModel.keras_file).where(TrainedModel.experiment_id == chosen_id)
+            )
+
+    model = await run_in_threadpool(cache.get, chosen_id, sha256, fetch)
+    probabilities = await run_in_threadpool(model.predict, pixels)
+    return PredictResponse(
+        experiment_id=chosen_id,
+        model_selection="requested" if experiment_id is not None else "latest_succeeded",
+        predictions=describe(probabilities),
+    )

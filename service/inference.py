@@ -1,0 +1,173 @@
+"""Turning uploads into model input, and serving trained models from a bounded cache."""
+
+import base64
+import binascii
+import io
+import threading
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from service.architecture import IMAGE_SIZE
+from service.datasets import CLASS_NAMES
+from service.training import load_model_bytes
+
+# Fashion-MNIST shows light garments on a black background; a brighter border means the
+# picture is the other way round.
+LIGHT_BACKGROUND = 127.5
+
+
+class InvalidImageError(ValueError):
+    """The input is not an image, or not one of the shapes a model takes."""
+
+
+class ImageTooLargeError(ValueError):
+    """The image has more pixels than the configured limit."""
+
+
+def decode_image(data: bytes, *, max_pixels: int, invert: bool | None = None) -> np.ndarray:
+    """Any Pillow-readable image → a 28×28 float32 array scaled like the training data."""
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between one and two times its limit; refuse all of it.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = max_pixels
+            image = Image.open(io.BytesIO(data))
+            # Reading the header is cheap; the pixels are decoded only below the limit.
+            if image.width * image.height <= max_pixels:
+                image.draft("L", (IMAGE_SIZE * 2, IMAGE_SIZE * 2))
+                image = ImageOps.exif_transpose(image)
+                image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageTooLargeError(f"{error}: scale the image down") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise InvalidImageError(
+            f"cannot decode the upload as an image ({error}): send a PNG or JPEG"
+        ) from None
+    if image.width * image.height > max_pixels:
+        raise ImageTooLargeError(
+            f"the image is {image.width}×{image.height}, over the limit of "
+            f"{max_pixels:,} pixels: scale it down"
+        )
+    return _to_model_pixels(image, invert)
+
+
+def _to_model_pixels(image: Image.Image, invert: bool | None) -> np.ndarray:
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # Transparent areas are background: flatten them onto white before going gray.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    gray = image.convert("L")
+
+    pixels = np.asarray(gray, dtype=np.float32)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    background_level = float(np.median(border))
+    if gray.size != (IMAGE_SIZE, IMAGE_SIZE):
+        # Pad to a square in the background colour so the garment keeps its proportions.
+        side = max(gray.size)
+        square = Image.new("L", (side, side), round(background_level))
+        square.paste(gray, ((side - gray.width) // 2, (side - gray.height) // 2))
+        gray = square.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS)
+        pixels = np.asarray(gray, dtype=np.float32)
+
+    if invert is None:
+        invert = background_level > LIGHT_BACKGROUND
+    if invert:
+        pixels = 255.0 - pixels
+    return pixels / 255.0
+
+
+def decode_b64(text: str, *, max_pixels: int, invert: bool | None = None) -> np.ndarray:
+    """A base64-encoded image, as TensorFlow Serving's {"b64": ...} carries it."""
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise InvalidImageError(f"b64 is not valid base64 ({error})") from None
+    return decode_image(data, max_pixels=max_pixels, invert=invert)
+
+
+def parse_array(values: object) -> np.ndarray:
+    """A 28×28 (or 28×28×1) nested list: 0–255 integers or 0–1 floats."""
+    try:
+        array = np.asarray(values)
+    except ValueError:
+        raise InvalidImageError("the array is ragged: every row needs 28 values") from None
+    if array.shape == (IMAGE_SIZE, IMAGE_SIZE, 1):
+        array = array[..., 0]
+    if array.shape != (IMAGE_SIZE, IMAGE_SIZE):
+        raise InvalidImageError(f"the array has shape {list(array.shape)}; expected [28, 28]")
+    if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.number):
+        raise InvalidImageError("the array must hold numbers")
+    if np.issubdtype(array.dtype, np.integer):
+        if array.min() < 0 or array.max() > 255:
+            raise InvalidImageError("integer pixels must be between 0 and 255")
+        return array.astype(np.float32) / 255.0
+    if not np.all(np.isfinite(array)) or array.min() < 0 or array.max() > 1:
+        raise InvalidImageError("float pixels must be between 0 and 1 (send 0–255 as integers)")
+    return array.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    experiment_id: int
+    sha256: str
+    model: object
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        """Class probabilities for a batch of 28×28 images, in one compiled call."""
+        return np.asarray(self.model.predict_on_batch(pixels[..., np.newaxis]))
+
+
+class ModelCache:
+    """At most `capacity` loaded and warmed-up models, least recently used evicted first."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._models: OrderedDict[int, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[int, threading.Lock] = {}
+
+    def get(self, experiment_id: int, sha256: str, fetch: Callable[[], bytes]) -> LoadedModel:
+        """The model with this checksum, loaded with `fetch()` on a miss or after a change."""
+        with self._lock:
+            cached = self._models.get(experiment_id)
+            if cached is not None and cached.sha256 == sha256:
+                self._models.move_to_end(experiment_id)
+                return cached
+            loading = self._loading.setdefault(experiment_id, threading.Lock())
+        # One loader per model; requests for other models are not held up meanwhile.
+        with loading:
+            with self._lock:
+                cached = self._models.get(experiment_id)
+                if cached is not None and cached.sha256 == sha256:
+                    return cached
+            model = load_model_bytes(fetch())
+            model.predict_on_batch(np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 1), np.float32))
+            loaded = LoadedModel(experiment_id, sha256, model)
+            with self._lock:
+                self._models[experiment_id] = loaded
+                self._models.move_to_end(experiment_id)
+                while len(self._models) > self.capacity:
+                    self._models.popitem(last=False)
+            return loaded
+
+
+def describe(probabilities: np.ndarray) -> list[dict]:
+    """The response entry for each row of class probabilities."""
+    predictions = []
+    for row in probabilities:
+        label = int(np.argmax(row))
+        predictions.append(
+            {
+                "label": label,
+                "class_name": CLASS_NAMES[label],
+                "confidence": float(row[label]),
+                "probabilities": [float(p) for p in row],
+            }
+        )
+    return predictions

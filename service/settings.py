@@ -1,0 +1,50 @@
+"""Configuration from environment variables."""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATA_DIR = Path("data")
+
+
+class Settings(BaseSettings):
+    """Every setting the API and the workers read, each from the variable of the same name."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    database_url: str = Field(
+        default=f"sqlite:///{DEFAULT_DATA_DIR / 'convlab.db'}",
+        description="SQLAlchemy URL; SQLite by default, postgresql+psycopg://... in production.",
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+
+    fashion_mnist_dir: Path | None = Field(
+        default=None,
+        description="A directory holding the four Fashion-MNIST IDX files, searched first.",
+    )
+
+    worker_device: Literal["auto", "cpu", "gpu"] = "auto"
+    worker_poll_seconds: float = Field(default=0.5, gt=0)
+    worker_heartbeat_seconds: float = Field(default=1.0, gt=0)
+    lease_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="A running experiment with no heartbeat for this long is requeued.",
+    )
+
+    sqlite_busy_timeout_ms: int = Field(default=30_000, ge=0)
+
+    max_upload_bytes: int = Field(default=5 * 1024 * 1024, gt=0)
+    max_image_pixels: int = Field(default=25_000_000, gt=0)
+    max_predict_instances: int = Field(default=256, gt=0)
+    model_cache_size: int = Field(default=4, ge=1)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Read the settings once per process."""
+    return Settings()

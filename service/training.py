@@ -1,0 +1,254 @@
+"""Spec → Keras model, and the training run itself: epochs, early stop, test evaluation, save.
+
+Written against `keras` only, so the TensorFlow, JAX and PyTorch backends all train it.
+"""
+
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from service.architecture import CHANNELS, IMAGE_SIZE, NUM_CLASSES
+from service.datasets import FashionMNIST, to_model_input
+from service.schemas import ExperimentSpec
+
+EVALUATE_BATCH_SIZE = 512
+
+
+def build_model(spec: ExperimentSpec) -> keras.Model:
+    """The network a spec describes, compiled with Adam and sparse cross-entropy."""
+    layers: list[keras.Layer] = [keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, CHANNELS))]
+    for index, conv in enumerate(spec.conv_layers, start=1):
+        layers.append(
+            keras.layers.Conv2D(
+                conv.filters, conv.kernel_size, activation="relu", name=f"conv_{index}"
+            )
+        )
+        if conv.pool_size:
+            layers.append(keras.layers.MaxPooling2D(conv.pool_size, name=f"pool_{index}"))
+    layers.append(keras.layers.Flatten(name="flatten"))
+    for index, units in enumerate(spec.dense_units, start=1):
+        layers.append(keras.layers.Dense(units, activation="relu", name=f"dense_{index}"))
+    layers.append(keras.layers.Dense(NUM_CLASSES, activation="softmax", name="output"))
+
+    model = keras.Sequential(layers, name="experiment")
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=spec.learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def available_gpus() -> list[str]:
+    """Names of the GPUs the active Keras backend can use, e.g. 'NVIDIA H100 80GB HBM3'."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return [
+            tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name)
+            for gpu in tf.config.list_physical_devices("GPU")
+        ]
+    if backend == "jax":
+        import jax
+
+        return [device.device_kind for device in jax.devices() if device.platform == "gpu"]
+    if backend == "torch":
+        import torch
+
+        return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return []
+
+
+def describe_device(kind: str) -> str:
+    """The label stored on an experiment: 'CPU' or 'GPU:0 (<name>)'."""
+    if kind == "gpu":
+        gpus = available_gpus()
+        return f"GPU:0 ({gpus[0]})" if gpus else "GPU:0"
+    return "CPU"
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    epoch: int
+    loss: float
+    accuracy: float
+    val_loss: float | None
+    val_accuracy: float | None
+    seconds: float
+    ms_per_step: float
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    epochs_run: int
+    stopped_early: bool
+    stop_reason: str | None
+    test_loss: float
+    test_accuracy: float
+    keras_file: bytes
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped between batches because `should_stop` said so."""
+
+
+class Progress:
+    """Where training is; written by the training loop, read by the worker's reporter thread."""
+
+    def __init__(self, epochs: int, steps_per_epoch: int) -> None:
+        self.epochs = epochs
+        self.steps_per_epoch = steps_per_epoch
+        self.epoch = 0
+        self.step = 0
+
+
+class _RunCallback(keras.callbacks.Callback):
+    """Times epochs, reports them, applies the stop rule and honours interruption."""
+
+    # Its batch hook only stores an int and reads a flag, so Keras may call it asynchronously
+    # and keep the training step free of Python round-trips.
+    async_safe = True
+
+    def __init__(
+        self,
+        spec: ExperimentSpec,
+        progress: Progress,
+        on_epoch: Callable[[EpochResult], None],
+        should_stop: Callable[[], bool],
+    ) -> None:
+        super().__init__()
+        self.spec = spec
+        self.progress = progress
+        self.on_epoch = on_epoch
+        self.should_stop = should_stop
+        self.interrupted = False
+        self.stop_reason: str | None = None
+        self.epochs_run = 0
+        self._epoch_started = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self.progress.epoch, self.progress.step = epoch + 1, 0
+        self._epoch_started = time.perf_counter()
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        self.progress.step = batch + 1
+        if self.should_stop():
+            self.interrupted = True
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        if self.interrupted:
+            return  # A partial epoch is not an epoch: it is neither stored nor counted.
+        seconds = time.perf_counter() - self._epoch_started
+        logs = logs or {}
+        result = EpochResult(
+            epoch=epoch + 1,
+            loss=float(logs["loss"]),
+            accuracy=float(logs["accuracy"]),
+            val_loss=_optional_float(logs.get("val_loss")),
+            val_accuracy=_optional_float(logs.get("val_accuracy")),
+            seconds=seconds,
+            ms_per_step=seconds * 1000 / self.progress.steps_per_epoch,
+        )
+        self.epochs_run = epoch + 1
+        self.on_epoch(result)
+        if not math.isfinite(result.loss):
+            raise FloatingPointError(
+                f"the loss became {result.loss} in epoch {epoch + 1}: lower learning_rate"
+            )
+        stop = self.spec.stop
+        if stop and epoch + 1 < self.spec.epochs:
+            value = float(logs[stop.metric])
+            if stop.reached(value):
+                comparison = "<=" if stop.metric.endswith("loss") else ">="
+                self.stop_reason = (
+                    f"{stop.metric} {value:.4f} {comparison} {stop.threshold} "
+                    f"after epoch {epoch + 1}"
+                )
+                self.model.stop_training = True
+
+
+def _optional_float(value) -> float | None:
+    return None if value is None else float(value)
+
+
+def training_arrays(spec: ExperimentSpec, dataset: FashionMNIST) -> tuple[np.ndarray, np.ndarray]:
+    """The (first `train_samples`) training images scaled to [0, 1], and their labels."""
+    count = spec.train_samples or len(dataset.train_images)
+    return to_model_input(dataset.train_images[:count]), dataset.train_labels[:count]
+
+
+def steps_per_epoch(spec: ExperimentSpec, train_count: int) -> int:
+    fitted = int(train_count * (1 - spec.validation_split))
+    return math.ceil(fitted / spec.batch_size)
+
+
+def train(
+    spec: ExperimentSpec,
+    dataset: FashionMNIST,
+    *,
+    device: str,
+    progress: Progress,
+    on_epoch: Callable[[EpochResult], None],
+    should_stop: Callable[[], bool] = lambda: False,
+) -> TrainingResult:
+    """Train, evaluate on the test set and return the saved `.keras` file.
+
+    Raises TrainingInterrupted when `should_stop` turns true mid-run.
+    """
+    if spec.seed is not None:
+        keras.utils.set_random_seed(spec.seed)
+    images, labels = training_arrays(spec, dataset)
+    callback = _RunCallback(spec, progress, on_epoch, should_stop)
+
+    with keras.device(f"{device}:0"):
+        model = build_model(spec)
+        model.fit(
+            images,
+            labels,
+            epochs=spec.epochs,
+            batch_size=spec.batch_size,
+            validation_split=spec.validation_split,
+            callbacks=[callback],
+            verbose=0,
+        )
+        if callback.interrupted:
+            raise TrainingInterrupted
+        test_loss, test_accuracy = model.evaluate(
+            to_model_input(dataset.test_images),
+            dataset.test_labels,
+            batch_size=EVALUATE_BATCH_SIZE,
+            verbose=0,
+        )
+
+    return TrainingResult(
+        epochs_run=callback.epochs_run,
+        stopped_early=callback.stop_reason is not None,
+        stop_reason=callback.stop_reason,
+        test_loss=float(test_loss),
+        test_accuracy=float(test_accuracy),
+        keras_file=save_model_bytes(model),
+    )
+
+
+def save_model_bytes(model: keras.Model) -> bytes:
+    """The model as the bytes of a `.keras` file."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "model.keras"
+        model.save(path)
+        return path.read_bytes()
+
+
+def load_model_bytes(data: bytes) -> keras.Model:
+    """A model back from the bytes of a `.keras` file."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "model.keras"
+        path.write_bytes(data)
+        return keras.saving.load_model(path)

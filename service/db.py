@@ -8,6 +8,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+READ_ONLY_OPTION = "convlab_read_only"
+
 
 def create_db_engine(database_url: str, *, sqlite_busy_timeout_ms: int = 30_000) -> Engine:
     """Create an engine; for SQLite, turn on WAL, a busy timeout and BEGIN IMMEDIATE."""
@@ -22,8 +24,8 @@ def create_db_engine(database_url: str, *, sqlite_busy_timeout_ms: int = 30_000)
     @event.listens_for(engine, "connect")
     def _configure_sqlite(dbapi_connection, _record) -> None:
         # pysqlite's own transaction handling issues a deferred BEGIN late; turning it off
-        # lets the "begin" hook below start every transaction as BEGIN IMMEDIATE, so two
-        # writers queue on the busy timeout instead of failing with "database is locked".
+        # lets the "begin" hook below start every writing transaction as BEGIN IMMEDIATE, so
+        # two writers queue on the busy timeout instead of failing with "database is locked".
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
@@ -33,15 +35,22 @@ def create_db_engine(database_url: str, *, sqlite_busy_timeout_ms: int = 30_000)
         cursor.close()
 
     @event.listens_for(engine, "begin")
-    def _begin_immediate(connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    def _begin(connection) -> None:
+        # Readers take no lock in WAL mode; only writers need the write lock up front.
+        read_only = connection.get_execution_options().get(READ_ONLY_OPTION, False)
+        connection.exec_driver_sql("BEGIN DEFERRED" if read_only else "BEGIN IMMEDIATE")
 
     return engine
 
 
-def create_session_factory(engine: Engine) -> sessionmaker[Session]:
-    """A session factory whose objects stay readable after commit."""
-    return sessionmaker(engine, expire_on_commit=False)
+def create_session_factory(engine: Engine, *, read_only: bool = False) -> sessionmaker[Session]:
+    """A session factory whose objects stay readable after commit.
+
+    Read-only sessions on SQLite start a deferred transaction, so they never wait for, or
+    hold up, a writer.
+    """
+    bind = engine.execution_options(**{READ_ONLY_OPTION: True}) if read_only else engine
+    return sessionmaker(bind, expire_on_commit=False)
 
 
 @contextmanager

@@ -1,12 +1,17 @@
 """Shared fixtures: a migrated database per test, the API over httpx, an in-process worker."""
 
+import os
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from alembic import command
 from alembic.config import Config
 from fastapi.testclient import TestClient
+from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.api import create_app
@@ -16,6 +21,11 @@ from service.settings import Settings
 from service.worker import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
+# The server .ci/run starts; each test that uses it gets a database of its own.
+POSTGRES_URL = os.environ.get(
+    "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+BOTH_DATABASES = pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 
 # Small and quick, but a real network on real images.
 TINY_SPEC = {
@@ -36,11 +46,38 @@ def upgrade(database_url: str) -> None:
     command.upgrade(config, "head")
 
 
+@contextmanager
+def fresh_postgres_database() -> Iterator[str]:
+    """A new, empty database on the real PostgreSQL server, dropped afterwards."""
+    admin_url = make_url(POSTGRES_URL)
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    name = f"convlab_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield admin_url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
 @pytest.fixture
-def database_url(tmp_path: Path) -> str:
+def backend() -> str:
+    """Which database the test runs on; modules parametrize it to run on both."""
+    return "sqlite"
+
+
+@pytest.fixture
+def database_url(backend: str, tmp_path: Path) -> Iterator[str]:
+    if backend == "postgresql":
+        with fresh_postgres_database() as url:
+            upgrade(url)
+            yield url
+        return
     url = f"sqlite:///{tmp_path / 'test.db'}"
     upgrade(url)
-    return url
+    yield url
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from service.models import EpochMetric, TrainedModel
-from tests.conftest import ROOT, submit
+from tests.conftest import BOTH_DATABASES, ROOT, submit
 
 
 def start_worker(settings, *extra: str, **env: str) -> subprocess.Popen:
@@ -40,6 +40,7 @@ def wait_for(predicate, timeout: float = 60, interval: float = 0.1):
     raise AssertionError(f"condition not met within {timeout} s")
 
 
+@BOTH_DATABASES
 def test_worker_process_trains_a_posted_experiment_to_succeeded(client, session_factory):
     created = submit(client, name="tiny", validation_split=0.1)
     worker = start_worker(client.app.state.settings, "--drain")

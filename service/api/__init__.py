@@ -26,6 +26,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.settings = settings
         app.state.session_factory = create_session_factory(engine)
+        app.state.read_session_factory = create_session_factory(engine, read_only=True)
         app.state.model_cache = ModelCache(settings.model_cache_size)
         yield
         engine.dispose()

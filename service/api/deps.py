@@ -20,10 +20,17 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
+def get_read_session(request: Request) -> Iterator[Session]:
+    """A session for requests that only read: it never takes the database's write lock."""
+    with request.app.state.read_session_factory() as session, session.begin():
+        yield session
+
+
 def get_model_cache(request: Request) -> ModelCache:
     return request.app.state.model_cache
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
+ReadSessionDep = Annotated[Session, Depends(get_read_session)]
 ModelCacheDep = Annotated[ModelCache, Depends(get_model_cache)]

@@ -7,7 +7,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from service import queue
-from service.api.deps import SessionDep
+from service.api.deps import ReadSessionDep, SessionDep
 from service.api.views import experiment_list_item, experiment_read
 from service.models import Experiment, ExperimentStatus, TrainedModel
 from service.plots import learning_curve_png
@@ -41,7 +41,7 @@ def create_experiment(
 
 @router.get("", response_model=ExperimentPage)
 def list_experiments(
-    session: SessionDep,
+    session: ReadSessionDep,
     status_filter: Annotated[ExperimentStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 20,
     offset: Annotated[int, Query(ge=0)] = 0,
@@ -66,7 +66,7 @@ def list_experiments(
 
 
 @router.get("/{experiment_id}", response_model=ExperimentRead)
-def get_experiment(experiment_id: int, session: SessionDep) -> ExperimentRead:
+def get_experiment(experiment_id: int, session: ReadSessionDep) -> ExperimentRead:
     """One experiment: status, progress, every finished epoch, test result."""
     return experiment_read(session, get_experiment_or_404(session, experiment_id))
 
@@ -76,7 +76,7 @@ def get_experiment(experiment_id: int, session: SessionDep) -> ExperimentRead:
     response_class=Response,
     responses={200: {"content": {"image/png": {}}}},
 )
-def get_learning_curve(experiment_id: int, session: SessionDep) -> Response:
+def get_learning_curve(experiment_id: int, session: ReadSessionDep) -> Response:
     """Loss and accuracy per epoch as a PNG; 409 before the first epoch has finished."""
     experiment = get_experiment_or_404(session, experiment_id)
     if not experiment.epochs:
@@ -93,7 +93,7 @@ def get_learning_curve(experiment_id: int, session: SessionDep) -> Response:
     response_class=Response,
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
-def download_model(experiment_id: int, session: SessionDep) -> Response:
+def download_model(experiment_id: int, session: ReadSessionDep) -> Response:
     """The trained model as a `.keras` file; 409 until the experiment has succeeded."""
     experiment = get_experiment_or_404(session, experiment_id)
     keras_file = session.scalar(

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.api.deps import ModelCacheDep, SessionDep, SettingsDep
+from service.api.deps import ModelCacheDep, ReadSessionDep, SettingsDep
 from service.api.experiments import get_experiment_or_404
 from service.inference import (
     ImageTooLargeError,
@@ -50,18 +50,20 @@ async def _read_images(request: Request, settings: Settings, invert: bool | None
 
     if media_type == "multipart/form-data":
         try:
-            form = await request.form(max_files=1, max_fields=4, max_part_size=limit)
+            async with request.form(max_files=1, max_fields=4, max_part_size=limit) as form:
+                upload = form.get("image")
+                if not isinstance(upload, UploadFile):
+                    raise _unprocessable("send the picture as a multipart file field named 'image'")
+                data = await upload.read()
         except StarletteHTTPException as error:
+            if isinstance(error, HTTPException):
+                raise
             # Starlette reports every multipart failure as a 400; an oversized part is a 413.
             if "maximum size" in str(error.detail):
                 raise _payload_too_large(
                     f"{error.detail} Uploads are limited to {limit:,} bytes"
                 ) from None
             raise _unprocessable(f"malformed multipart body: {error.detail}") from None
-        upload = form.get("image")
-        if not isinstance(upload, UploadFile):
-            raise _unprocessable("send the picture as a multipart file field named 'image'")
-        data = await upload.read()
         return await run_in_threadpool(_decode_all, [data], settings, invert)
 
     body = await request.body()
@@ -148,7 +150,7 @@ def _choose_experiment(session: Session, experiment_id: int | None) -> tuple[int
 @router.post("/predict", response_model=PredictResponse)
 async def predict(
     request: Request,
-    session: SessionDep,
+    session: ReadSessionDep,
     settings: SettingsDep,
     cache: ModelCacheDep,
     experiment_id: Annotated[int | None, Query(description="default: latest succeeded")] = None,
@@ -161,7 +163,7 @@ async def predict(
     pixels = await _read_images(request, settings, invert)
 
     def fetch() -> bytes:
-        with request.app.state.session_factory() as fetch_session:
+        with request.app.state.read_session_factory() as fetch_session:
             return fetch_session.scalar(
                 select(TrainedModel.keras_file).where(TrainedModel.experiment_id == chosen_id)
             )

@@ -1,0 +1,90 @@
+"""Listing, inspecting and plotting experiments; errors users can act on."""
+
+import io
+import sqlite3
+
+from fastapi.testclient import TestClient
+from PIL import Image
+from sqlalchemy.engine import make_url
+
+from service.api import create_app
+from tests.conftest import submit
+
+
+def test_list_is_newest_first_paginated_and_filtered(client, drain):
+    first = submit(client, name="one")
+    drain()
+    second = submit(client, name="two", conv_layers=2, filters=4)
+    third = submit(client, name="three", device="gpu")
+
+    page = client.get("/experiments", params={"limit": 2}).json()
+    assert page["total"] == 3 and page["limit"] == 2 and page["offset"] == 0
+    assert [item["id"] for item in page["items"]] == [third["id"], second["id"]]
+    rest = client.get("/experiments", params={"limit": 2, "offset": 2}).json()
+    assert [item["id"] for item in rest["items"]] == [first["id"]]
+
+    finished = client.get("/experiments", params={"status": "succeeded"}).json()
+    [row] = finished["items"]
+    assert row["name"] == "one" and row["status"] == "succeeded"
+    assert row["conv_layers"] == 1 and row["filters"] == [8]
+    assert row["epochs_run"] == 2 and row["seconds_per_epoch"] > 0
+    assert 0 < row["final_accuracy"] <= 1 and 0 < row["test_accuracy"] <= 1
+    detail = client.get(f"/experiments/{first['id']}").json()
+    assert row["total_params"] == detail["summary"]["total_params"]
+    assert row["final_accuracy"] == detail["epochs"][-1]["accuracy"]
+
+    queued = client.get("/experiments", params={"status": "queued"}).json()
+    assert [item["filters"] for item in queued["items"]] == [[8], [4, 4]]
+
+
+def test_bad_list_parameters_are_422(client):
+    assert client.get("/experiments", params={"status": "done"}).status_code == 422
+    assert client.get("/experiments", params={"limit": 1000}).status_code == 422
+
+
+def test_unknown_experiment_is_404_everywhere(client):
+    for path in ("/experiments/42", "/experiments/42/model", "/experiments/42/learning-curve.png"):
+        response = client.get(path)
+        assert response.status_code == 404
+        assert "experiment 42 does not exist" in response.json()["detail"]
+
+
+def test_queued_experiment_says_why_it_waits_and_has_no_model_yet(client):
+    submit(client)
+    second = submit(client)
+    body = client.get(f"/experiments/{second['id']}").json()
+    assert body["waiting_reason"] == "waits for a free worker; 1 queued experiment(s) ahead of it"
+    assert body["test"] is None and body["model"] is None and body["epochs"] == []
+    assert client.get(f"/experiments/{second['id']}/model").status_code == 409
+    assert client.get(f"/experiments/{second['id']}/learning-curve.png").status_code == 409
+
+
+def test_learning_curve_is_a_png(client, drain):
+    created = submit(client, validation_split=0.2)
+    drain()
+    response = client.get(f"/experiments/{created['id']}/learning-curve.png")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(response.content)).size == (1000, 400)
+
+
+def test_locked_database_is_503_with_retry_after_and_loses_nothing(settings):
+    impatient = settings.model_copy(update={"sqlite_busy_timeout_ms": 200})
+    with TestClient(create_app(impatient)) as client:
+        created = submit(client)
+        blocker = sqlite3.connect(make_url(settings.database_url).database, isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        try:
+            response = client.post("/experiments", json={"conv_layers": 1})
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "2"
+        assert "database is unavailable" in response.json()["detail"]
+        assert client.get("/experiments").json()["total"] == 1
+        assert client.get(f"/experiments/{created['id']}").json()["status"] == "queued"
+
+
+def test_health(client):
+    assert client.get("/health").json() == {"status": "ok"}

@@ -1,0 +1,191 @@
+"""POST /predict on a model trained from real Fashion-MNIST images."""
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from service.api import create_app
+from service.db import create_db_engine, create_session_factory
+from service.settings import Settings
+from service.worker import Worker
+from tests.conftest import upgrade
+
+SAMPLE = 200
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One experiment trained on 3,000 images, served by a client with a small upload limit."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('predict') / 'test.db'}"
+    upgrade(url)
+    settings = Settings(
+        database_url=url, max_upload_bytes=2_000_000, max_image_pixels=4_000_000, _env_file=None
+    )
+    with TestClient(create_app(settings)) as client:
+        spec = {"conv_layers": 1, "filters": 16, "epochs": 2, "train_samples": 3000, "seed": 3}
+        experiment = client.post("/experiments", json=spec).json()
+        engine = create_db_engine(url)
+        Worker(settings, create_session_factory(engine), device="cpu").run(drain=True)
+        engine.dispose()
+        yield client, client.get(f"/experiments/{experiment['id']}").json()
+
+
+def png_bytes(pixels: np.ndarray, mode: str = "L") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).convert(mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def accuracy_of(predictions: list[dict], labels: np.ndarray) -> float:
+    return float(
+        np.mean([p["label"] == label for p, label in zip(predictions, labels, strict=True)])
+    )
+
+
+def test_png_uploads_reach_the_reported_test_accuracy(trained, dataset):
+    client, experiment = trained
+    predictions = []
+    for image in dataset.test_images[:SAMPLE]:
+        response = client.post(
+            "/predict",
+            params={"experiment_id": experiment["id"]},
+            files={"image": ("garment.png", png_bytes(image), "image/png")},
+        )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["experiment_id"] == experiment["id"]
+        assert body["model_selection"] == "requested"
+        predictions.extend(body["predictions"])
+    first = predictions[0]
+    assert len(first["probabilities"]) == 10
+    assert abs(sum(first["probabilities"]) - 1) < 1e-3
+    assert first["confidence"] == max(first["probabilities"])
+    assert accuracy_of(predictions, dataset.test_labels[:SAMPLE]) == pytest.approx(
+        experiment["test"]["accuracy"], abs=0.06
+    )
+
+
+def test_json_arrays_of_ints_and_floats_give_the_same_answers(trained, dataset):
+    client, experiment = trained
+    images = dataset.test_images[:SAMPLE]
+    as_ints = client.post("/predict", json={"instances": images.tolist()}).json()
+    as_floats = client.post("/predict", json={"instances": (images / 255.0).tolist()}).json()
+    assert as_ints["model_selection"] == "latest_succeeded"
+    assert as_ints["experiment_id"] == experiment["id"]
+    assert [p["label"] for p in as_ints["predictions"]] == [
+        p["label"] for p in as_floats["predictions"]
+    ]
+    assert accuracy_of(as_ints["predictions"], dataset.test_labels[:SAMPLE]) == pytest.approx(
+        experiment["test"]["accuracy"], abs=0.06
+    )
+
+
+def test_base64_images_match_the_png_upload(trained, dataset):
+    client, _ = trained
+    images = dataset.test_images[:20]
+    instances = [{"b64": base64.b64encode(png_bytes(image)).decode()} for image in images]
+    by_b64 = client.post("/predict", json={"instances": instances}).json()["predictions"]
+    by_array = client.post("/predict", json={"instances": images.tolist()}).json()["predictions"]
+    assert [p["label"] for p in by_b64] == [p["label"] for p in by_array]
+
+
+def test_dark_on_light_photo_is_inverted_and_resized(trained, dataset):
+    client, _ = trained
+    image = dataset.test_images[0]
+    # A larger, RGB, dark-on-light rendering of the same garment, as a phone photo would be.
+    photo = Image.fromarray(255 - image).resize((112, 112), Image.Resampling.NEAREST).convert("RGB")
+    buffer = io.BytesIO()
+    photo.save(buffer, format="JPEG", quality=95)
+    upload = {"image": ("photo.jpg", buffer.getvalue(), "image/jpeg")}
+    original = client.post("/predict", json={"instances": [image.tolist()]}).json()
+    photo_answer = client.post("/predict", files=upload).json()
+    assert photo_answer["predictions"][0]["label"] == original["predictions"][0]["label"]
+    not_inverted = client.post("/predict", params={"invert": "false"}, files=upload).json()
+    assert (
+        not_inverted["predictions"][0]["probabilities"]
+        != photo_answer["predictions"][0]["probabilities"]
+    )
+
+
+def test_raw_image_body_is_accepted(trained, dataset):
+    client, _ = trained
+    response = client.post(
+        "/predict", content=png_bytes(dataset.test_images[1]), headers={"content-type": "image/png"}
+    )
+    assert response.status_code == 200
+    assert len(response.json()["predictions"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "message"),
+    [
+        (
+            {"files": {"image": ("x.png", b"definitely not an image", "image/png")}},
+            422,
+            "cannot decode",
+        ),
+        ({"files": {"picture": ("x.png", b"x", "image/png")}}, 422, "field named 'image'"),
+        ({"json": {"instances": [[[0] * 27] * 28]}}, 422, "shape [28, 27]"),
+        ({"json": {"instances": [[[300] * 28] * 28]}}, 422, "between 0 and 255"),
+        ({"json": {"instances": [[[1.5] * 28] * 28]}}, 422, "between 0 and 1"),
+        ({"json": {"instances": [{"b64": "%%%"}]}}, 422, "not valid base64"),
+        ({"json": {"instances": [{"url": "x"}]}}, 422, '{"b64": "<base64 image>"}'),
+        ({"json": {"images": []}}, 422, '{"instances": [...]}'),
+        ({"content": b"{", "headers": {"content-type": "application/json"}}, 422, "not valid JSON"),
+        ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "'text/plain'"),
+        ({"json": {"instances": [[[0] * 28] * 28] * 300}}, 413, "over the limit of 256"),
+        (
+            {"files": {"image": ("big.png", b"0" * 2_100_000, "image/png")}},
+            413,
+            "over the 2,000,000",
+        ),
+    ],
+)
+def test_bad_inputs_get_clear_errors(trained, kwargs, status, message):
+    client, _ = trained
+    response = client.post("/predict", **kwargs)
+    assert response.status_code == status, response.text
+    assert message in response.json()["detail"]
+
+
+def test_image_with_too_many_pixels_is_413_before_decoding(trained):
+    client, _ = trained
+    buffer = io.BytesIO()
+    Image.new("L", (3000, 3000)).save(buffer, format="PNG")  # Compresses to a few kB.
+    response = client.post(
+        "/predict", files={"image": ("bomb.png", buffer.getvalue(), "image/png")}
+    )
+    assert response.status_code == 413
+    assert "pixels" in response.json()["detail"]
+
+
+def test_unknown_and_unfinished_experiments(trained):
+    client, _ = trained
+    assert (
+        client.post("/predict", params={"experiment_id": 999}, json={"instances": []}).status_code
+        == 404
+    )
+    queued = client.post("/experiments", json={"conv_layers": 1, "device": "gpu"}).json()
+    response = client.post(
+        "/predict", params={"experiment_id": queued["id"]}, json={"instances": [[[0] * 28] * 28]}
+    )
+    assert response.status_code == 409
+    assert "is queued, not succeeded" in response.json()["detail"]
+
+
+def test_no_trained_model_at_all_is_409(client):
+    response = client.post("/predict", json={"instances": [[[0] * 28] * 28]})
+    assert response.status_code == 409
+    assert "no experiment has finished training" in response.json()["detail"]
+
+
+def test_model_download_is_the_stored_keras_file(trained):
+    client, experiment = trained
+    response = client.get(f"/experiments/{experiment['id']}/model")
+    assert response.status_code == 200
+    assert response.content[:2] == b"PK"
+    assert len(response.content) == experiment["model"]["size_bytes"]

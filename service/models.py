@@ -125,6 +125,7 @@ class EpochMetric(Base):
     val_accuracy: Mapped[float | None] = mapped_column(Float)
     seconds: Mapped[float] = mapped_column(Float)
     ms_per_step: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     experiment: Mapped[Experiment] = relationship(back_populates="epochs")
 

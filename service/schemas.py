@@ -171,6 +171,7 @@ class EpochRead(BaseModel):
     val_accuracy: float | None
     seconds: float
     ms_per_step: float
+    finished_at: datetime
 
 
 class TestResultRead(BaseModel):

@@ -66,6 +66,12 @@ class Worker:
     def run(self, *, drain: bool = False) -> None:
         """The loop: recover expired leases, claim, train; sleep when idle."""
         logger.info("worker %s started on %s", self.worker_id, self.device)
+        try:
+            self._loop(drain)
+        finally:
+            logger.info("worker %s stopped", self.worker_id)
+
+    def _loop(self, drain: bool) -> None:
         while not self.stop_event.is_set():
             try:
                 queue.recover_expired_leases(

@@ -133,3 +133,25 @@ def test_sigterm_requeues_the_running_experiment_and_exits_zero(client):
     body = client.get(f"/experiments/{created['id']}").json()
     assert body["status"] == "queued"
     assert body["epochs"] == [] and body["progress"] is None
+
+
+def test_killed_worker_is_recovered_after_its_lease_and_finishes_once(client):
+    created = submit(client, epochs=4, train_samples=3000, batch_size=16)
+    lease = {"LEASE_SECONDS": "2", "WORKER_HEARTBEAT_SECONDS": "0.2"}
+    doomed = start_worker(client.app.state.settings, **lease)
+
+    def finished_an_epoch():
+        return len(client.get(f"/experiments/{created['id']}").json()["epochs"]) >= 1
+
+    wait_for(finished_an_epoch, timeout=120)
+    doomed.kill()
+    doomed.communicate()
+    assert client.get(f"/experiments/{created['id']}").json()["status"] == "running"
+
+    rescuer = start_worker(client.app.state.settings, "--drain", **lease)
+    output, _ = rescuer.communicate(timeout=180)
+    assert rescuer.returncode == 0, output
+    body = client.get(f"/experiments/{created['id']}").json()
+    assert body["status"] == "succeeded"
+    assert body["attempts"] == 2
+    assert [epoch["epoch"] for epoch in body["epochs"]] == [1, 2, 3, 4]

@@ -73,6 +73,7 @@ def upgrade() -> None:
         sa.Column("val_accuracy", sa.Float(), nullable=True),
         sa.Column("seconds", sa.Float(), nullable=False),
         sa.Column("ms_per_step", sa.Float(), nullable=False),
+        sa.Column("finished_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["experiment_id"],
             ["experiments.id"],

@@ -1,0 +1,39 @@
+# One image for the API and the workers. Build a GPU worker image with --build-arg GPU=1.
+ARG BASE_IMAGE=python:3.12-slim-bookworm
+FROM ${BASE_IMAGE}
+
+ARG GPU=0
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    TF_CPP_MIN_LOG_LEVEL=2 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
+
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends dataset-fashion-mnist python3-venv \
+    && rm -rf /var/lib/apt/lists/*
+
+RUN python3 -m venv $VIRTUAL_ENV
+WORKDIR /app
+
+# Dependencies first, so a change to the source rebuilds only the last layers.
+COPY pyproject.toml README.md ./
+RUN mkdir service && touch service/__init__.py \
+    && if [ "$GPU" = "1" ]; then pip install 'tensorflow[and-cuda]>=2.16' '.' ; \
+       else pip install '.[tensorflow]'; fi \
+    && rm -rf service
+
+COPY alembic.ini ./
+COPY migrations ./migrations
+COPY service ./service
+RUN pip install --no-deps .
+
+RUN useradd --create-home --uid 10001 convlab && mkdir -p /app/data && chown convlab /app/data
+USER convlab
+ENV HOST=0.0.0.0 PORT=8000
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
+    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=2)"
+CMD ["python", "-m", "service", "api"]

@@ -1,0 +1,56 @@
+# `make up` and `make test` do all set-up themselves; the venv lives in .venv.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+DATASET_DIR := /usr/share/datasets/fashion-mnist
+PG_VERSION = $(shell ls /etc/postgresql 2>/dev/null | head -n 1)
+
+.PHONY: setup dataset up test lint format postgres bench clean
+
+setup: $(STAMP) dataset
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[tensorflow,dev]'
+	touch $(STAMP)
+
+# Debian's dataset-fashion-mnist; elsewhere the loader falls back to FASHION_MNIST_DIR or Keras's cache.
+dataset:
+	@if [ ! -f $(DATASET_DIR)/train-images-idx3-ubyte.gz ]; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get install -y -q dataset-fashion-mnist || \
+	     (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)) >/dev/null; \
+	  else \
+	    echo "Fashion-MNIST is not in $(DATASET_DIR): install Debian's dataset-fashion-mnist or set FASHION_MNIST_DIR"; \
+	  fi; \
+	fi
+
+up: setup
+	$(BIN)/python -m service up
+
+postgres:
+	@if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then \
+	  pg_ctlcluster --skip-systemctl-redirect $(PG_VERSION) main start; \
+	  for i in $$(seq 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done; \
+	fi
+
+test: setup postgres
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest
+
+lint:
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format:
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: setup
+	$(BIN)/python bench/train_overhead.py
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .ruff_cache

@@ -1,0 +1,60 @@
+"""`python -m service up`: migrations, the API and a worker, stopped cleanly by Ctrl-C."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx2 as httpx
+
+from tests.conftest import ROOT, TINY_SPEC
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_up_migrates_serves_trains_and_stops_on_ctrl_c(tmp_path):
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'fresh' / 'convlab.db'}",
+        "PORT": str(port),
+        "WORKER_POLL_SECONDS": "0.1",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service", "up"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(f"{base}/health", timeout=1)
+                break
+            except httpx.TransportError:
+                assert process.poll() is None, process.stdout.read()
+                assert time.monotonic() < deadline, "the API never answered"
+                time.sleep(0.2)
+        created = httpx.post(f"{base}/experiments", json=TINY_SPEC, timeout=10).json()
+        while (
+            httpx.get(f"{base}/experiments/{created['id']}", timeout=10).json()["status"]
+            != "succeeded"
+        ):
+            assert time.monotonic() < deadline + 60, "the worker never finished"
+            time.sleep(0.2)
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    assert "experiment 1 succeeded" in output
+    assert "stopped" in output.splitlines()[-1] and "worker" in output.splitlines()[-1]

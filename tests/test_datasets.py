@@ -1,0 +1,70 @@
+"""The Fashion-MNIST loader: the IDX format and the order of places it looks."""
+
+import gzip
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service import datasets
+from service.datasets import DEBIAN_DIR, FILES, load_from_directory, read_idx
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        size.to_bytes(4, "big") for size in array.shape
+    )
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_debian_package_holds_the_full_data_set(dataset):
+    assert dataset.train_images.shape == (60_000, 28, 28)
+    assert dataset.test_images.shape == (10_000, 28, 28)
+    assert sorted(np.unique(dataset.train_labels)) == list(range(10))
+    assert (DEBIAN_DIR / "train-images-idx3-ubyte.gz").is_file()
+
+
+def test_read_idx_reads_plain_and_gzipped_files(tmp_path):
+    array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    write_idx(tmp_path / "plain", array)
+    (tmp_path / "zipped.gz").write_bytes(gzip.compress((tmp_path / "plain").read_bytes()))
+    assert np.array_equal(read_idx(tmp_path / "plain"), array)
+    assert np.array_equal(read_idx(tmp_path / "zipped.gz"), array)
+
+
+def test_read_idx_refuses_a_truncated_file(tmp_path):
+    write_idx(tmp_path / "short", np.zeros((2, 3), np.uint8))
+    (tmp_path / "short").write_bytes((tmp_path / "short").read_bytes()[:-1])
+    with pytest.raises(ValueError, match="holds 5 values"):
+        read_idx(tmp_path / "short")
+
+
+def test_explicit_directory_comes_before_the_debian_package(tmp_path, monkeypatch):
+    for key, stem in FILES.items():
+        shape = (3, 28, 28) if key.endswith("images") else (3,)
+        write_idx(tmp_path / stem, np.full(shape, 7, np.uint8))
+    datasets.load_fashion_mnist.cache_clear()
+    loaded = datasets.load_fashion_mnist(tmp_path)
+    assert loaded.train_images.shape == (3, 28, 28) and loaded.test_labels.tolist() == [7, 7, 7]
+    datasets.load_fashion_mnist.cache_clear()
+
+
+def test_keras_cache_is_used_when_no_other_copy_exists(tmp_path, monkeypatch):
+    cache = tmp_path / "keras-cache"
+    cache.mkdir()
+    for stem in FILES.values():
+        shutil.copy(DEBIAN_DIR / f"{stem}.gz", cache / f"{stem}.gz")
+    monkeypatch.setattr(datasets, "DEBIAN_DIR", tmp_path / "absent")
+    monkeypatch.setattr(datasets, "KERAS_CACHE_DIR", cache)
+    datasets.load_fashion_mnist.cache_clear()
+    try:
+        assert datasets.candidate_directories(None) == [tmp_path / "absent", cache]
+        assert datasets.load_fashion_mnist().train_images.shape == (60_000, 28, 28)
+    finally:
+        datasets.load_fashion_mnist.cache_clear()
+
+
+def test_missing_files_make_a_directory_unusable(tmp_path):
+    write_idx(tmp_path / FILES["train_images"], np.zeros((1, 28, 28), np.uint8))
+    assert load_from_directory(tmp_path) is None

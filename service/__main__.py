@@ -13,7 +13,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Keep TensorFlow's C++ star
 from service.settings import get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKER_STOP_SECONDS = 30
+# Beyond the worker's own grace period, before `up` kills a worker that will not stop.
+WORKER_STOP_MARGIN_SECONDS = 15
 
 
 def migrate() -> None:
@@ -38,6 +39,7 @@ def run_api() -> None:
 
 def run_worker(device: str | None, drain: bool) -> None:
     from service.db import create_db_engine, create_session_factory
+    from service.queue import WorkerRefusedError
     from service.worker import Worker
 
     settings = get_settings()
@@ -48,19 +50,23 @@ def run_worker(device: str | None, drain: bool) -> None:
         settings, create_session_factory(engine), device=device or settings.worker_device
     )
     worker.install_signal_handlers()
-    worker.run(drain=drain)
+    try:
+        worker.run(drain=drain)
+    except WorkerRefusedError as error:
+        raise SystemExit(f"worker refused: {error}") from None
 
 
 def run_all() -> None:
     """Migrations, then one worker in a child process and the API in this one."""
     migrate()
-    worker = subprocess.Popen([sys.executable, "-m", "service", "worker"])
+    # A session of its own, so Ctrl-C reaches the worker once, as the SIGTERM sent below.
+    worker = subprocess.Popen([sys.executable, "-m", "service", "worker"], start_new_session=True)
     try:
         run_api()
     finally:
         worker.send_signal(signal.SIGTERM)
         try:
-            worker.wait(WORKER_STOP_SECONDS)
+            worker.wait(get_settings().shutdown_grace_seconds + WORKER_STOP_MARGIN_SECONDS)
         except subprocess.TimeoutExpired:
             worker.kill()
             worker.wait()

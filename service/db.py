@@ -2,11 +2,13 @@
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import DateTime, Engine, create_engine, event, func
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.elements import ColumnElement
 
 READ_ONLY_OPTION = "convlab_read_only"
 
@@ -58,3 +60,12 @@ def transaction(session_factory: sessionmaker[Session]) -> Iterator[Session]:
     """One short unit of work: commit on success, roll back on error."""
     with session_factory() as session, session.begin():
         yield session
+
+
+def db_now(dialect_name: str, *, seconds: float = 0.0) -> ColumnElement:
+    """The database's clock, shifted by `seconds`: leases never depend on a worker's clock."""
+    if dialect_name == "sqlite":
+        # Six fractional digits, as SQLAlchemy stores Python datetimes, so strings compare right.
+        return func.strftime("%Y-%m-%d %H:%M:%f000", "now", f"{seconds:+.3f} seconds")
+    now = func.clock_timestamp(type_=DateTime(timezone=True))
+    return now + timedelta(seconds=seconds) if seconds else now

@@ -104,9 +104,13 @@ class Experiment(Base):
     stopped_early: Mapped[bool] = mapped_column(Boolean, default=False)
     stop_reason: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     epochs: Mapped[list["EpochMetric"]] = relationship(
         back_populates="experiment", order_by="EpochMetric.epoch", cascade="all, delete-orphan"
+    )
+    attempt_history: Mapped[list["Attempt"]] = relationship(
+        order_by="Attempt.number", cascade="all, delete-orphan"
     )
 
 
@@ -128,6 +132,63 @@ class EpochMetric(Base):
     finished_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     experiment: Mapped[Experiment] = relationship(back_populates="epochs")
+
+
+class AttemptOutcome(enum.StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    REQUEUED = "requeued"  # The worker shut down; the attempt is not spent.
+    LOST = "lost"  # The lease expired: the worker was killed, stalled or lost.
+
+
+class Attempt(Base):
+    """One claim of an experiment by a worker, and how it ended."""
+
+    __tablename__ = "attempts"
+    __table_args__ = (UniqueConstraint("experiment_id", "number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), index=True
+    )
+    number: Mapped[int] = mapped_column(Integer)
+    worker_id: Mapped[str] = mapped_column(String(200))
+    claim_token: Mapped[str] = mapped_column(String(36), unique=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class Worker(Base):
+    """A registered worker process; alive while its heartbeat is younger than the lease."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    device: Mapped[str] = mapped_column(String(8))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    experiment_id: Mapped[int | None] = mapped_column(
+        ForeignKey("experiments.id", ondelete="SET NULL")
+    )
+
+
+class Checkpoint(Base):
+    """The model and optimizer state after the last finished epoch, to resume from."""
+
+    __tablename__ = "checkpoints"
+
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+    epoch: Mapped[int] = mapped_column(Integer)
+    keras_file: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class TrainedModel(Base):

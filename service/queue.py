@@ -1,32 +1,59 @@
-"""The database as the job queue: enqueue, claim, report, finish and recover experiments.
+"""The database as the job queue: enqueue, claim, report, finish, cancel and recover.
 
 Every write a worker makes after its claim is fenced by the claim's token and the `running`
-status, so a worker whose lease was taken away cannot change the experiment any more.
+status, so a worker whose lease was taken away cannot change the experiment any more. Leases
+are measured by the database's clock only.
 """
 
 import hashlib
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import case, delete, func, insert, select, text, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db import transaction
-from service.models import EpochMetric, Experiment, ExperimentStatus, TrainedModel, utcnow
+from service.db import db_now, transaction
+from service.models import (
+    Attempt,
+    AttemptOutcome,
+    Checkpoint,
+    EpochMetric,
+    Experiment,
+    ExperimentStatus,
+    TrainedModel,
+    Worker,
+)
+from service.results import EpochResult, TrainingResult
 from service.schemas import ExperimentSpec
-from service.training import EpochResult, Progress, TrainingResult
 
 # A GPU worker has a CPU too, so it takes any experiment; a CPU worker leaves `gpu` ones.
 CLAIMABLE_DEVICES = {"cpu": ("auto", "cpu"), "gpu": ("auto", "cpu", "gpu")}
+NOTIFY_CHANNEL = "convlab_experiments"
+
+
+class WorkerRefusedError(RuntimeError):
+    """This worker may not join: SQLite is already used by a worker on another host."""
 
 
 @dataclass(frozen=True)
 class Claim:
     experiment_id: int
     token: str
+    attempt: int
     spec: ExperimentSpec
+
+
+@dataclass(frozen=True)
+class HeartbeatReply:
+    holds_lease: bool
+    cancel_requested: bool
+
+
+def _dialect(session: Session) -> str:
+    return session.get_bind().dialect.name
 
 
 def enqueue(session: Session, *, name: str | None, spec: ExperimentSpec) -> Experiment:
@@ -37,10 +64,12 @@ def enqueue(session: Session, *, name: str | None, spec: ExperimentSpec) -> Expe
         spec=spec.model_dump(mode="json"),
         summary=spec.summary().as_dict(),
         requested_device=spec.device,
-        created_at=utcnow(),
     )
     session.add(experiment)
     session.flush()
+    if _dialect(session) == "postgresql":
+        # Delivered at commit; idle workers wake at once instead of at their next poll.
+        session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
     return experiment
 
 
@@ -48,41 +77,64 @@ def claim_next_experiment(
     session_factory: sessionmaker[Session], *, worker_id: str, worker_device: str
 ) -> Claim | None:
     """Take the oldest queued experiment this worker can run, in one status-guarded UPDATE."""
-    candidate = (
-        select(Experiment.id)
-        .where(
-            Experiment.status == ExperimentStatus.QUEUED,
-            Experiment.requested_device.in_(CLAIMABLE_DEVICES[worker_device]),
-        )
-        .order_by(Experiment.id)
-        .limit(1)
-        # PostgreSQL skips rows another worker is claiming; SQLite's BEGIN IMMEDIATE already
-        # serializes claims, and SQLAlchemy renders no FOR UPDATE there.
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
-    )
     token = str(uuid.uuid4())
-    now = utcnow()
-    statement = (
-        update(Experiment)
-        .where(Experiment.id == candidate, Experiment.status == ExperimentStatus.QUEUED)
-        .values(
-            status=ExperimentStatus.RUNNING,
-            claim_token=token,
-            worker_id=worker_id,
-            attempts=Experiment.attempts + 1,
-            started_at=now,
-            heartbeat_at=now,
-            error=None,
-        )
-        .returning(Experiment.id, Experiment.spec)
-        .execution_options(synchronize_session=False)
-    )
     with transaction(session_factory) as session:
-        row = session.execute(statement).first()
-    if row is None:
-        return None
-    return Claim(row.id, token, ExperimentSpec.model_validate(row.spec))
+        dialect = _dialect(session)
+        candidate = (
+            select(Experiment.id)
+            .where(
+                Experiment.status == ExperimentStatus.QUEUED,
+                Experiment.requested_device.in_(CLAIMABLE_DEVICES[worker_device]),
+            )
+            .order_by(Experiment.id)
+            .limit(1)
+        )
+        values = {
+            "status": ExperimentStatus.RUNNING,
+            "claim_token": token,
+            "worker_id": worker_id,
+            "attempts": Experiment.attempts + 1,
+            "started_at": func.coalesce(Experiment.started_at, db_now(dialect)),
+            "heartbeat_at": db_now(dialect),
+            "error": None,
+        }
+        if dialect == "postgresql":
+            # Materialized so the planner cannot re-run the locking subquery per row.
+            locked = candidate.with_for_update(skip_locked=True).cte("candidate")
+            locked = locked.prefix_with("MATERIALIZED")
+            statement = update(Experiment).where(Experiment.id == locked.c.id)
+        else:
+            # SQLite's BEGIN IMMEDIATE already serializes writers; the status guard stays.
+            statement = update(Experiment).where(
+                Experiment.id == candidate.scalar_subquery(),
+                Experiment.status == ExperimentStatus.QUEUED,
+            )
+        row = session.execute(
+            statement.values(**values)
+            .returning(Experiment.id, Experiment.spec)
+            .execution_options(synchronize_session=False)
+        ).first()
+        if row is None:
+            return None
+        number = (
+            session.scalar(
+                select(func.coalesce(func.max(Attempt.number), 0)).where(
+                    Attempt.experiment_id == row.id
+                )
+            )
+            + 1
+        )
+        session.execute(
+            insert(Attempt).values(
+                experiment_id=row.id,
+                number=number,
+                worker_id=worker_id,
+                claim_token=token,
+                started_at=db_now(dialect),
+            )
+        )
+        session.execute(update(Worker).where(Worker.id == worker_id).values(experiment_id=row.id))
+    return Claim(row.id, token, number, ExperimentSpec.model_validate(row.spec))
 
 
 def _fenced_update(session: Session, claim: Claim, **values: Any) -> bool:
@@ -100,8 +152,29 @@ def _fenced_update(session: Session, claim: Claim, **values: Any) -> bool:
     return result.rowcount == 1
 
 
+def _end_attempt(session: Session, claim: Claim, outcome: AttemptOutcome, error: str | None = None):
+    session.execute(
+        update(Attempt)
+        .where(Attempt.claim_token == claim.token)
+        .values(outcome=outcome.value, finished_at=db_now(_dialect(session)), error=error)
+    )
+
+
+def load_checkpoint(
+    session_factory: sessionmaker[Session], claim: Claim
+) -> tuple[int, bytes] | None:
+    """The last finished epoch and its saved model, when an earlier attempt left one."""
+    with transaction(session_factory) as session:
+        row = session.execute(
+            select(Checkpoint.epoch, Checkpoint.keras_file).where(
+                Checkpoint.experiment_id == claim.experiment_id
+            )
+        ).first()
+    return (row.epoch, row.keras_file) if row else None
+
+
 def start_training(
-    session_factory: sessionmaker[Session], claim: Claim, *, device: str, progress: Progress
+    session_factory: sessionmaker[Session], claim: Claim, *, device: str, steps_per_epoch: int
 ) -> bool:
     """Record the device and the totals the progress is counted against."""
     with transaction(session_factory) as session:
@@ -109,32 +182,45 @@ def start_training(
             session,
             claim,
             device=device,
-            progress_epoch=0,
-            progress_step=0,
-            steps_per_epoch=progress.steps_per_epoch,
-            heartbeat_at=utcnow(),
+            steps_per_epoch=steps_per_epoch,
+            heartbeat_at=db_now(_dialect(session)),
         )
 
 
-def heartbeat(session_factory: sessionmaker[Session], claim: Claim, progress: Progress) -> bool:
-    """Renew the lease and store where training is; False once the lease is lost."""
+def heartbeat(
+    session_factory: sessionmaker[Session], claim: Claim, *, epoch: int, step: int
+) -> HeartbeatReply:
+    """Renew the lease, store where training is, and learn whether a cancel was asked for."""
     with transaction(session_factory) as session:
-        return _fenced_update(
-            session,
-            claim,
-            heartbeat_at=utcnow(),
-            progress_epoch=progress.epoch,
-            progress_step=progress.step,
-        )
+        row = session.execute(
+            update(Experiment)
+            .where(
+                Experiment.id == claim.experiment_id,
+                Experiment.claim_token == claim.token,
+                Experiment.status == ExperimentStatus.RUNNING,
+            )
+            .values(
+                heartbeat_at=db_now(_dialect(session)), progress_epoch=epoch, progress_step=step
+            )
+            .returning(Experiment.cancel_requested_at)
+            .execution_options(synchronize_session=False)
+        ).first()
+    if row is None:
+        return HeartbeatReply(holds_lease=False, cancel_requested=False)
+    return HeartbeatReply(holds_lease=True, cancel_requested=row.cancel_requested_at is not None)
 
 
-def record_epoch(session_factory: sessionmaker[Session], claim: Claim, result: EpochResult) -> bool:
-    """Commit one finished epoch as its own row; False, writing nothing, once the lease is lost."""
+def record_epoch(
+    session_factory: sessionmaker[Session], claim: Claim, result: EpochResult, checkpoint: bytes
+) -> bool:
+    """Commit one finished epoch and its checkpoint together; False, writing nothing, once the
+    lease is lost."""
     with transaction(session_factory) as session:
-        if not _fenced_update(session, claim, heartbeat_at=utcnow()):
+        dialect = _dialect(session)
+        if not _fenced_update(session, claim, heartbeat_at=db_now(dialect)):
             return False
-        session.add(
-            EpochMetric(
+        session.execute(
+            insert(EpochMetric).values(
                 experiment_id=claim.experiment_id,
                 epoch=result.epoch,
                 loss=result.loss,
@@ -143,6 +229,14 @@ def record_epoch(session_factory: sessionmaker[Session], claim: Claim, result: E
                 val_accuracy=result.val_accuracy,
                 seconds=result.seconds,
                 ms_per_step=result.ms_per_step,
+                finished_at=db_now(dialect),
+            )
+        )
+        upsert = (postgresql_insert if dialect == "postgresql" else sqlite_insert)(Checkpoint)
+        values = {"epoch": result.epoch, "keras_file": checkpoint, "created_at": db_now(dialect)}
+        session.execute(
+            upsert.values(experiment_id=claim.experiment_id, **values).on_conflict_do_update(
+                index_elements=[Checkpoint.experiment_id], set_=values
             )
         )
         return True
@@ -155,7 +249,7 @@ def complete(session_factory: sessionmaker[Session], claim: Claim, result: Train
             session,
             claim,
             status=ExperimentStatus.SUCCEEDED,
-            finished_at=utcnow(),
+            finished_at=db_now(_dialect(session)),
             test_loss=result.test_loss,
             test_accuracy=result.test_accuracy,
             stopped_early=result.stopped_early,
@@ -169,23 +263,42 @@ def complete(session_factory: sessionmaker[Session], claim: Claim, result: Train
                 keras_file=result.keras_file,
                 size_bytes=len(result.keras_file),
                 sha256=hashlib.sha256(result.keras_file).hexdigest(),
-                created_at=utcnow(),
             )
         )
+        session.execute(delete(Checkpoint).where(Checkpoint.experiment_id == claim.experiment_id))
+        _end_attempt(session, claim, AttemptOutcome.SUCCEEDED)
         return True
 
 
 def fail(session_factory: sessionmaker[Session], claim: Claim, *, error: str) -> bool:
-    """Mark the experiment `failed` with a readable reason."""
+    """Mark the experiment `failed` with a readable reason; no retry."""
     with transaction(session_factory) as session:
-        return _fenced_update(
+        if not _fenced_update(
             session,
             claim,
             status=ExperimentStatus.FAILED,
-            finished_at=utcnow(),
+            finished_at=db_now(_dialect(session)),
             error=error,
             claim_token=None,
-        )
+        ):
+            return False
+        _end_attempt(session, claim, AttemptOutcome.FAILED, error)
+        return True
+
+
+def finish_cancelled(session_factory: sessionmaker[Session], claim: Claim) -> bool:
+    """A running experiment stopped on request; it keeps the epochs it finished."""
+    with transaction(session_factory) as session:
+        if not _fenced_update(
+            session,
+            claim,
+            status=ExperimentStatus.CANCELLED,
+            finished_at=db_now(_dialect(session)),
+            claim_token=None,
+        ):
+            return False
+        _end_attempt(session, claim, AttemptOutcome.CANCELLED)
+        return True
 
 
 def _requeue_values() -> dict[str, Any]:
@@ -193,39 +306,189 @@ def _requeue_values() -> dict[str, Any]:
         "status": ExperimentStatus.QUEUED,
         "claim_token": None,
         "worker_id": None,
-        "started_at": None,
         "heartbeat_at": None,
         "progress_epoch": None,
         "progress_step": None,
     }
 
 
-def release(session_factory: sessionmaker[Session], claim: Claim) -> bool:
-    """Put an interrupted experiment back in the queue; it restarts from its first epoch."""
+def release(
+    session_factory: sessionmaker[Session], claim: Claim, *, error: str | None = None
+) -> bool:
+    """Put the experiment back in the queue without spending the attempt (worker shutdown)."""
     with transaction(session_factory) as session:
-        if not _fenced_update(session, claim, **_requeue_values()):
+        if not _fenced_update(
+            session, claim, attempts=Experiment.attempts - 1, **_requeue_values()
+        ):
             return False
-        session.execute(delete(EpochMetric).where(EpochMetric.experiment_id == claim.experiment_id))
+        _end_attempt(session, claim, AttemptOutcome.REQUEUED, error)
+        return True
+
+
+def requeue_lost(
+    session_factory: sessionmaker[Session], claim: Claim, *, error: str, max_attempts: int
+) -> bool:
+    """The training process died: spend the attempt, and fail once none is left."""
+    with transaction(session_factory) as session:
+        exhausted = Experiment.attempts >= max_attempts
+        if not _fenced_update(
+            session,
+            claim,
+            **{
+                **_requeue_values(),
+                "status": case(
+                    (exhausted, ExperimentStatus.FAILED.value), else_=ExperimentStatus.QUEUED.value
+                ),
+                "finished_at": case((exhausted, db_now(_dialect(session))), else_=None),
+                "error": case(
+                    (exhausted, f"{error}; gave up after {max_attempts} attempts"), else_=None
+                ),
+            },
+        ):
+            return False
+        _end_attempt(session, claim, AttemptOutcome.LOST, error)
         return True
 
 
 def recover_expired_leases(
-    session_factory: sessionmaker[Session], *, lease_seconds: float
+    session_factory: sessionmaker[Session], *, lease_seconds: float, max_attempts: int
 ) -> list[int]:
-    """Requeue running experiments whose worker stopped sending heartbeats; return their ids."""
-    cutoff = utcnow() - timedelta(seconds=lease_seconds)
+    """Requeue running experiments whose heartbeats stopped, or fail those out of attempts.
+
+    One guarded statement that any worker may run: no leader is needed.
+    """
     with transaction(session_factory) as session:
-        expired = list(
+        dialect = _dialect(session)
+        now = db_now(dialect)
+        exhausted = Experiment.attempts >= max_attempts
+        cancelled = Experiment.cancel_requested_at.is_not(None)
+        lost = (
+            f"the worker stopped sending heartbeats for {lease_seconds:g} s "
+            f"(killed, stalled or lost) {max_attempts} times"
+        )
+        recovered = list(
             session.scalars(
                 update(Experiment)
                 .where(
-                    Experiment.status == ExperimentStatus.RUNNING, Experiment.heartbeat_at < cutoff
+                    Experiment.status == ExperimentStatus.RUNNING,
+                    Experiment.heartbeat_at < db_now(dialect, seconds=-lease_seconds),
                 )
-                .values(**_requeue_values())
+                .values(
+                    status=case(
+                        (cancelled, ExperimentStatus.CANCELLED.value),
+                        (exhausted, ExperimentStatus.FAILED.value),
+                        else_=ExperimentStatus.QUEUED.value,
+                    ),
+                    finished_at=case((cancelled | exhausted, now), else_=None),
+                    error=case((exhausted & ~cancelled, lost), else_=None),
+                    claim_token=None,
+                    worker_id=None,
+                    heartbeat_at=None,
+                    progress_epoch=None,
+                    progress_step=None,
+                )
                 .returning(Experiment.id)
                 .execution_options(synchronize_session=False)
             )
         )
-        if expired:
-            session.execute(delete(EpochMetric).where(EpochMetric.experiment_id.in_(expired)))
-    return expired
+        if recovered:
+            # Row locks (PostgreSQL) or the write lock (SQLite) keep these unclaimed until
+            # commit, so the open attempts of these experiments are exactly the lost ones.
+            session.execute(
+                update(Attempt)
+                .where(Attempt.experiment_id.in_(recovered), Attempt.outcome.is_(None))
+                .values(outcome=AttemptOutcome.LOST.value, finished_at=now)
+            )
+    return recovered
+
+
+def request_cancel(session: Session, experiment_id: int) -> bool:
+    """Cancel a queued experiment at once, or ask its worker to stop a running one.
+
+    False when the experiment is neither queued nor running.
+    """
+    dialect = _dialect(session)
+    queued = session.execute(
+        update(Experiment)
+        .where(Experiment.id == experiment_id, Experiment.status == ExperimentStatus.QUEUED)
+        .values(
+            status=ExperimentStatus.CANCELLED,
+            cancel_requested_at=db_now(dialect),
+            finished_at=db_now(dialect),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if queued.rowcount == 1:
+        return True
+    running = session.execute(
+        update(Experiment)
+        .where(Experiment.id == experiment_id, Experiment.status == ExperimentStatus.RUNNING)
+        .values(cancel_requested_at=func.coalesce(Experiment.cancel_requested_at, db_now(dialect)))
+        .execution_options(synchronize_session=False)
+    )
+    return running.rowcount == 1
+
+
+def register_worker(
+    session_factory: sessionmaker[Session],
+    *,
+    worker_id: str,
+    host: str,
+    pid: int,
+    device: str,
+    lease_seconds: float,
+) -> None:
+    """Add this worker to the registry; on SQLite, refuse a second host."""
+    with transaction(session_factory) as session:
+        dialect = _dialect(session)
+        if dialect == "sqlite":
+            other = session.execute(
+                select(Worker.id, Worker.host).where(
+                    Worker.host != host,
+                    Worker.stopped_at.is_(None),
+                    Worker.heartbeat_at > db_now(dialect, seconds=-lease_seconds),
+                )
+            ).first()
+            if other:
+                raise WorkerRefusedError(
+                    f"worker {other.id} on host {other.host!r} already uses this SQLite "
+                    "database, and SQLite serves one machine only: use PostgreSQL "
+                    "(DATABASE_URL=postgresql+psycopg://...) for workers on several hosts"
+                )
+        session.execute(
+            insert(Worker).values(
+                id=worker_id,
+                host=host,
+                pid=pid,
+                device=device,
+                started_at=db_now(dialect),
+                heartbeat_at=db_now(dialect),
+            )
+        )
+
+
+def worker_heartbeat(
+    session_factory: sessionmaker[Session], worker_id: str, *, experiment_id: int | None
+) -> None:
+    with transaction(session_factory) as session:
+        session.execute(
+            update(Worker)
+            .where(Worker.id == worker_id)
+            .values(heartbeat_at=db_now(_dialect(session)), experiment_id=experiment_id)
+        )
+
+
+def unregister_worker(session_factory: sessionmaker[Session], worker_id: str) -> None:
+    with transaction(session_factory) as session:
+        session.execute(
+            update(Worker)
+            .where(Worker.id == worker_id)
+            .values(stopped_at=db_now(_dialect(session)), experiment_id=None)
+        )
+
+
+def alive_workers(session: Session, *, lease_seconds: float):
+    """A condition for workers that have neither stopped nor missed their lease."""
+    return (Worker.stopped_at.is_(None)) & (
+        Worker.heartbeat_at > db_now(_dialect(session), seconds=-lease_seconds)
+    )

@@ -184,6 +184,34 @@ class ModelFileRead(BaseModel):
     sha256: str
 
 
+class AttemptRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    number: int
+    worker_id: str
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: str | None = Field(
+        description="null while running; succeeded, failed, cancelled, "
+        "requeued (worker shut down, not spent) or lost (lease expired)"
+    )
+    error: str | None
+
+
+class WorkerRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    host: str
+    pid: int
+    device: str
+    started_at: datetime
+    heartbeat_at: datetime
+    stopped_at: datetime | None
+    alive: bool
+    experiment_id: int | None
+
+
 class ExperimentRead(BaseModel):
     id: int
     name: str | None
@@ -193,8 +221,10 @@ class ExperimentRead(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     device: str | None
-    attempts: int
+    attempts: list[AttemptRead]
+    queue_position: int | None = Field(description="1 = next to be claimed; null unless queued")
     waiting_reason: str | None
+    cancel_requested: bool
     summary: SummaryRead
     progress: ProgressRead | None
     epochs: list[EpochRead]

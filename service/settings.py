@@ -31,9 +31,17 @@ class Settings(BaseSettings):
     worker_poll_seconds: float = Field(default=0.5, gt=0)
     worker_heartbeat_seconds: float = Field(default=1.0, gt=0)
     lease_seconds: float = Field(
-        default=60.0,
+        default=30.0,
         gt=0,
         description="A running experiment with no heartbeat for this long is requeued.",
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, description="Claims an experiment may spend before it is failed."
+    )
+    shutdown_grace_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="On SIGTERM, how long a worker waits for the current epoch to end.",
     )
 
     sqlite_busy_timeout_ms: int = Field(default=30_000, ge=0)

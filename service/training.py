@@ -7,7 +7,6 @@ import math
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -15,6 +14,7 @@ import numpy as np
 
 from service.architecture import CHANNELS, IMAGE_SIZE, NUM_CLASSES
 from service.datasets import FashionMNIST, to_model_input
+from service.results import EpochResult, TrainingResult
 from service.schemas import ExperimentSpec
 
 EVALUATE_BATCH_SIZE = 512
@@ -74,27 +74,6 @@ def describe_device(kind: str) -> str:
     return "CPU"
 
 
-@dataclass(frozen=True)
-class EpochResult:
-    epoch: int
-    loss: float
-    accuracy: float
-    val_loss: float | None
-    val_accuracy: float | None
-    seconds: float
-    ms_per_step: float
-
-
-@dataclass(frozen=True)
-class TrainingResult:
-    epochs_run: int
-    stopped_early: bool
-    stop_reason: str | None
-    test_loss: float
-    test_accuracy: float
-    keras_file: bytes
-
-
 class TrainingInterrupted(Exception):
     """Training stopped between batches because `should_stop` said so."""
 
@@ -120,17 +99,20 @@ class _RunCallback(keras.callbacks.Callback):
         self,
         spec: ExperimentSpec,
         progress: Progress,
-        on_epoch: Callable[[EpochResult], None],
+        on_epoch: Callable[[EpochResult, keras.Model], None],
         should_stop: Callable[[], bool],
+        stop_after_epoch: Callable[[], bool],
+        epochs_run: int,
     ) -> None:
         super().__init__()
         self.spec = spec
         self.progress = progress
         self.on_epoch = on_epoch
         self.should_stop = should_stop
+        self.stop_after_epoch = stop_after_epoch
         self.interrupted = False
         self.stop_reason: str | None = None
-        self.epochs_run = 0
+        self.epochs_run = epochs_run
         self._epoch_started = 0.0
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
@@ -146,6 +128,7 @@ class _RunCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         if self.interrupted:
             return  # A partial epoch is not an epoch: it is neither stored nor counted.
+        self.progress.step = self.progress.steps_per_epoch
         seconds = time.perf_counter() - self._epoch_started
         logs = logs or {}
         result = EpochResult(
@@ -157,12 +140,16 @@ class _RunCallback(keras.callbacks.Callback):
             seconds=seconds,
             ms_per_step=seconds * 1000 / self.progress.steps_per_epoch,
         )
-        self.epochs_run = epoch + 1
-        self.on_epoch(result)
         if not math.isfinite(result.loss):
             raise FloatingPointError(
                 f"the loss became {result.loss} in epoch {epoch + 1}: lower learning_rate"
             )
+        self.epochs_run = epoch + 1
+        self.on_epoch(result, self.model)
+        if self.stop_after_epoch() and epoch + 1 < self.spec.epochs:
+            self.interrupted = True
+            self.model.stop_training = True
+            return
         stop = self.spec.stop
         if stop and epoch + 1 < self.spec.epochs:
             value = float(logs[stop.metric])
@@ -196,29 +183,39 @@ def train(
     *,
     device: str,
     progress: Progress,
-    on_epoch: Callable[[EpochResult], None],
+    on_epoch: Callable[[EpochResult, keras.Model], None],
     should_stop: Callable[[], bool] = lambda: False,
+    stop_after_epoch: Callable[[], bool] = lambda: False,
+    resume: tuple[int, bytes] | None = None,
 ) -> TrainingResult:
     """Train, evaluate on the test set and return the saved `.keras` file.
 
-    Raises TrainingInterrupted when `should_stop` turns true mid-run.
+    `on_epoch` gets every finished epoch with the model, to checkpoint it. `resume` is an
+    earlier attempt's last finished epoch and checkpoint: training continues from there, with
+    the optimizer state it had. Raises TrainingInterrupted when `should_stop` turns true
+    (checked between batches) or `stop_after_epoch` does (checked at each epoch's end).
     """
     if spec.seed is not None:
-        keras.utils.set_random_seed(spec.seed)
+        keras.utils.set_random_seed(spec.seed + (resume[0] if resume else 0))
     images, labels = training_arrays(spec, dataset)
-    callback = _RunCallback(spec, progress, on_epoch, should_stop)
+    initial_epoch = resume[0] if resume else 0
+    callback = _RunCallback(
+        spec, progress, on_epoch, should_stop, stop_after_epoch, epochs_run=initial_epoch
+    )
 
     with keras.device(f"{device}:0"):
-        model = build_model(spec)
-        model.fit(
-            images,
-            labels,
-            epochs=spec.epochs,
-            batch_size=spec.batch_size,
-            validation_split=spec.validation_split,
-            callbacks=[callback],
-            verbose=0,
-        )
+        model = load_model_bytes(resume[1]) if resume else build_model(spec)
+        if initial_epoch < spec.epochs:
+            model.fit(
+                images,
+                labels,
+                epochs=spec.epochs,
+                initial_epoch=initial_epoch,
+                batch_size=spec.batch_size,
+                validation_split=spec.validation_split,
+                callbacks=[callback],
+                verbose=0,
+            )
         if callback.interrupted:
             raise TrainingInterrupted
         test_loss, test_accuracy = model.evaluate(

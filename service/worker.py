@@ -1,39 +1,42 @@
-"""The worker process: claim an experiment, train it, report every epoch, store the result."""
+"""The worker process: claim an experiment, have the training child run it, record it.
+
+The worker holds the lease (heartbeats from this process, never from inside a training step),
+writes every result under its claim's token, and decides what each way of stopping means:
+cancel, shutdown, a lost lease, a crashed training process.
+"""
 
 import logging
 import os
 import signal
 import socket
-import threading
+import time
+import uuid
+from collections.abc import Callable
+from threading import Event
 from types import FrameType
+from typing import TypeVar
 
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import queue
-from service.datasets import load_fashion_mnist
 from service.settings import Settings
-from service.training import (
-    EpochResult,
-    Progress,
-    TrainingInterrupted,
-    available_gpus,
-    describe_device,
-    steps_per_epoch,
-    train,
-    training_arrays,
-)
+from service.trainer import TrainerCrashedError, TrainerProcess
 
 logger = logging.getLogger(__name__)
 
+MESSAGE_WAIT_SECONDS = 0.05
+DATABASE_RETRY_SECONDS = 0.5
+Result = TypeVar("Result")
 
-class LeaseLostError(RuntimeError):
-    """Another worker owns the experiment now; this one must stop writing."""
+
+class DatabaseLostError(RuntimeError):
+    """The database stayed unreachable for longer than a lease."""
 
 
-def resolve_device(requested: str) -> str:
+def resolve_device(requested: str, gpus: list[str]) -> str:
     """'auto' becomes 'gpu' where the Keras backend sees a GPU, else 'cpu'."""
-    gpus = available_gpus()
     if requested == "gpu" and not gpus:
         raise SystemExit(
             "--device gpu, but the Keras backend sees no GPU: check the driver, or use --device cpu"
@@ -41,6 +44,42 @@ def resolve_device(requested: str) -> str:
     if requested == "auto":
         return "gpu" if gpus else "cpu"
     return requested
+
+
+class _Wakeup:
+    """Idle waiting: PostgreSQL's LISTEN/NOTIFY wakes the worker at once; polling is the
+    fallback on every database."""
+
+    def __init__(self, database_url: str, stop: Event) -> None:
+        url = make_url(database_url)
+        self.stop = stop
+        self.conninfo = (
+            url.set(drivername="postgresql").render_as_string(hide_password=False)
+            if url.get_backend_name() == "postgresql"
+            else None
+        )
+        self.connection = None
+
+    def wait(self, timeout: float) -> None:
+        if self.conninfo is None or self.stop.is_set():
+            self.stop.wait(timeout)
+            return
+        import psycopg
+
+        try:
+            if self.connection is None:
+                self.connection = psycopg.connect(self.conninfo, autocommit=True)
+                self.connection.execute(f"LISTEN {queue.NOTIFY_CHANNEL}")
+            for _ in self.connection.notifies(timeout=timeout, stop_after=1):
+                pass
+        except psycopg.Error:
+            self.close()
+            self.stop.wait(timeout)
+
+    def close(self) -> None:
+        if self.connection is not None:
+            self.connection.close()
+            self.connection = None
 
 
 class Worker:
@@ -51,118 +90,215 @@ class Worker:
     ) -> None:
         self.settings = settings
         self.session_factory = session_factory
-        self.device = resolve_device(device)
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
-        self.stop_event = threading.Event()
+        self.requested_device = device
+        self.host = socket.gethostname()
+        self.worker_id = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.shutdown = Event()
+        self.force_stop = Event()
+        self.trainer: TrainerProcess | None = None
+        self.device = "cpu"
 
     def install_signal_handlers(self) -> None:
         def _stop(signum: int, _frame: FrameType | None) -> None:
-            logger.info("signal %s: stopping after the current step", signal.Signals(signum).name)
-            self.stop_event.set()
+            name = signal.Signals(signum).name
+            if self.shutdown.is_set():
+                logger.warning("%s again: stopping the training now", name)
+                self.force_stop.set()
+            else:
+                logger.info("%s: finishing the current epoch, then stopping", name)
+                self.shutdown.set()
 
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
 
     def run(self, *, drain: bool = False) -> None:
-        """The loop: recover expired leases, claim, train; sleep when idle."""
-        logger.info("worker %s started on %s", self.worker_id, self.device)
+        """Register, then loop: recover expired leases, claim, train; wait when idle."""
+        self.trainer = TrainerProcess(self.settings.fashion_mnist_dir)
+        wakeup = _Wakeup(self.settings.database_url, self.shutdown)
         try:
-            self._loop(drain)
+            self.device = resolve_device(self.requested_device, self.trainer.gpus)
+            queue.register_worker(
+                self.session_factory,
+                worker_id=self.worker_id,
+                host=self.host,
+                pid=os.getpid(),
+                device=self.device,
+                lease_seconds=self.settings.lease_seconds,
+            )
+            logger.info("worker %s started on %s", self.worker_id, self.device)
+            self._loop(drain, wakeup)
         finally:
+            wakeup.close()
+            self.trainer.close()
+            try:
+                queue.unregister_worker(self.session_factory, self.worker_id)
+            except DBAPIError as error:
+                logger.warning("could not unregister: %s", error.orig)
             logger.info("worker %s stopped", self.worker_id)
 
-    def _loop(self, drain: bool) -> None:
-        while not self.stop_event.is_set():
+    def _loop(self, drain: bool, wakeup: _Wakeup) -> None:
+        while not self.shutdown.is_set():
             try:
-                queue.recover_expired_leases(
-                    self.session_factory, lease_seconds=self.settings.lease_seconds
+                queue.worker_heartbeat(self.session_factory, self.worker_id, experiment_id=None)
+                recovered = queue.recover_expired_leases(
+                    self.session_factory,
+                    lease_seconds=self.settings.lease_seconds,
+                    max_attempts=self.settings.max_attempts,
                 )
+                if recovered:
+                    logger.warning("recovered experiments with expired leases: %s", recovered)
                 claim = queue.claim_next_experiment(
                     self.session_factory, worker_id=self.worker_id, worker_device=self.device
                 )
-            except OperationalError as error:
+            except DBAPIError as error:
                 logger.warning("database unavailable, retrying: %s", error.orig)
-                self.stop_event.wait(self.settings.worker_poll_seconds)
+                self.shutdown.wait(self.settings.worker_poll_seconds)
                 continue
             if claim is None:
                 if drain:
                     return
-                self.stop_event.wait(self.settings.worker_poll_seconds)
+                wakeup.wait(self.settings.worker_poll_seconds)
                 continue
             try:
                 self.process(claim)
-            except OperationalError as error:
-                # The lease expires and the experiment is retried once the database is back.
-                logger.error("experiment %s: database lost: %s", claim.experiment_id, error.orig)
+            except DatabaseLostError as error:
+                # The lease runs out and another worker (or this one) resumes the experiment.
+                logger.error("experiment %s: %s", claim.experiment_id, error)
+                self._replace_trainer()
+
+    def _with_retries(self, operation: Callable[..., Result], *args, **kwargs) -> Result:
+        """Ride out a database restart; give up once a lease's worth of time has passed."""
+        deadline = time.monotonic() + self.settings.lease_seconds
+        while True:
+            try:
+                return operation(*args, **kwargs)
+            except DBAPIError as error:
+                if time.monotonic() > deadline:
+                    raise DatabaseLostError(f"database unreachable: {error.orig}") from error
+                logger.warning("database unavailable, retrying: %s", error.orig)
+                time.sleep(DATABASE_RETRY_SECONDS)
+
+    def _replace_trainer(self) -> None:
+        assert self.trainer is not None
+        if self.trainer.alive():
+            self.trainer.kill()
+        if not self.shutdown.is_set():
+            self.trainer = TrainerProcess(self.settings.fashion_mnist_dir)
 
     def process(self, claim: queue.Claim) -> None:
-        """Train one claimed experiment to its end: succeeded, failed, or back in the queue."""
-        logger.info("experiment %s claimed", claim.experiment_id)
-        spec = claim.spec
-        lease_lost = threading.Event()
-        try:
-            dataset = load_fashion_mnist(self.settings.fashion_mnist_dir)
-            images, _ = training_arrays(spec, dataset)
-            progress = Progress(spec.epochs, steps_per_epoch(spec, len(images)))
-            device = "gpu" if self.device == "gpu" and spec.device != "cpu" else "cpu"
-            if not queue.start_training(
-                self.session_factory, claim, device=describe_device(device), progress=progress
-            ):
+        """Train one claimed experiment until it succeeds, fails, is cancelled or released."""
+        assert self.trainer is not None
+        trainer = self.trainer
+        logger.info("experiment %s claimed (attempt %s)", claim.experiment_id, claim.attempt)
+        resume = self._with_retries(queue.load_checkpoint, self.session_factory, claim)
+        device = "gpu" if self.device == "gpu" and claim.spec.device != "cpu" else "cpu"
+        trainer.start(claim.spec.model_dump(mode="json"), device, resume)
+        if resume:
+            logger.info("experiment %s resumes after epoch %s", claim.experiment_id, resume[0])
+
+        lease_lost = cancelling = False
+        grace_deadline: float | None = None
+        next_heartbeat = 0.0
+        while True:
+            try:
+                message = trainer.poll(MESSAGE_WAIT_SECONDS)
+            except TrainerCrashedError as error:
+                logger.error("experiment %s: %s", claim.experiment_id, error)
+                if not lease_lost:
+                    self._with_retries(
+                        queue.requeue_lost,
+                        self.session_factory,
+                        claim,
+                        error=str(error),
+                        max_attempts=self.settings.max_attempts,
+                    )
+                self._replace_trainer()
                 return
-            reporter = _HeartbeatThread(self, claim, progress, lease_lost)
-            reporter.start()
-            try:
-                result = train(
-                    spec,
-                    dataset,
-                    device=device,
-                    progress=progress,
-                    on_epoch=lambda epoch: self._record_epoch(claim, epoch, lease_lost),
-                    should_stop=lambda: self.stop_event.is_set() or lease_lost.is_set(),
-                )
-            finally:
-                reporter.stop()
-            if queue.complete(self.session_factory, claim, result):
-                logger.info("experiment %s succeeded", claim.experiment_id)
-        except (TrainingInterrupted, LeaseLostError):
-            if lease_lost.is_set():
-                logger.warning("experiment %s: lease lost, stopped", claim.experiment_id)
-            elif queue.release(self.session_factory, claim):
-                logger.info("experiment %s returned to the queue", claim.experiment_id)
-        except Exception as error:
-            logger.exception("experiment %s failed", claim.experiment_id)
-            queue.fail(self.session_factory, claim, error=f"{type(error).__name__}: {error}")
 
-    def _record_epoch(
-        self, claim: queue.Claim, epoch: EpochResult, lease_lost: threading.Event
-    ) -> None:
-        if not queue.record_epoch(self.session_factory, claim, epoch):
-            lease_lost.set()
-            raise LeaseLostError(f"experiment {claim.experiment_id} was taken over")
-
-
-class _HeartbeatThread(threading.Thread):
-    """Renews the lease and publishes progress from outside the training loop."""
-
-    def __init__(
-        self, worker: Worker, claim: queue.Claim, progress: Progress, lease_lost: threading.Event
-    ) -> None:
-        super().__init__(name=f"heartbeat-{claim.experiment_id}", daemon=True)
-        self.worker = worker
-        self.claim = claim
-        self.progress = progress
-        self.lease_lost = lease_lost
-        self._stopped = threading.Event()
-
-    def run(self) -> None:
-        while not self._stopped.wait(self.worker.settings.worker_heartbeat_seconds):
-            try:
-                if not queue.heartbeat(self.worker.session_factory, self.claim, self.progress):
-                    self.lease_lost.set()
+            if message is not None:
+                kind = message[0]
+                if kind == "started":
+                    _, device_label, steps = message
+                    if not self._with_retries(
+                        queue.start_training,
+                        self.session_factory,
+                        claim,
+                        device=device_label,
+                        steps_per_epoch=steps,
+                    ):
+                        lease_lost = True
+                        trainer.stop_now.set()
+                elif kind == "epoch":
+                    _, result, checkpoint = message
+                    if not lease_lost and not self._with_retries(
+                        queue.record_epoch, self.session_factory, claim, result, checkpoint
+                    ):
+                        lease_lost = True
+                        trainer.stop_now.set()
+                elif kind == "done":
+                    if not lease_lost and self._with_retries(
+                        queue.complete, self.session_factory, claim, message[1]
+                    ):
+                        logger.info("experiment %s succeeded", claim.experiment_id)
                     return
-            except OperationalError as error:
-                logger.warning("heartbeat failed, retrying: %s", error.orig)
+                elif kind == "error":
+                    if not lease_lost:
+                        self._with_retries(
+                            queue.fail, self.session_factory, claim, error=message[1]
+                        )
+                        logger.error("experiment %s failed: %s", claim.experiment_id, message[1])
+                    return
+                elif kind == "interrupted":
+                    self._after_interruption(claim, lease_lost=lease_lost, cancelling=cancelling)
+                    return
 
-    def stop(self) -> None:
-        self._stopped.set()
-        self.join()
+            now = time.monotonic()
+            if now >= next_heartbeat and not lease_lost:
+                next_heartbeat = now + self.settings.worker_heartbeat_seconds
+                reply = self._with_retries(
+                    queue.heartbeat,
+                    self.session_factory,
+                    claim,
+                    epoch=trainer.epoch.value,
+                    step=trainer.step.value,
+                )
+                self._with_retries(
+                    queue.worker_heartbeat,
+                    self.session_factory,
+                    self.worker_id,
+                    experiment_id=claim.experiment_id,
+                )
+                if not reply.holds_lease:
+                    logger.warning("experiment %s: lease lost, stopping", claim.experiment_id)
+                    lease_lost = True
+                    trainer.stop_now.set()
+                elif reply.cancel_requested and not cancelling:
+                    logger.info("experiment %s: cancel requested", claim.experiment_id)
+                    cancelling = True
+                    trainer.stop_now.set()
+
+            if self.shutdown.is_set() and grace_deadline is None:
+                trainer.stop_after_epoch.set()
+                grace_deadline = now + self.settings.shutdown_grace_seconds
+            if self.force_stop.is_set() or (grace_deadline is not None and now > grace_deadline):
+                logger.warning("experiment %s: stopping the training now", claim.experiment_id)
+                trainer.kill()
+                if not lease_lost:
+                    self._with_retries(
+                        queue.release,
+                        self.session_factory,
+                        claim,
+                        error="the worker shut down before the epoch ended",
+                    )
+                return
+
+    def _after_interruption(
+        self, claim: queue.Claim, *, lease_lost: bool, cancelling: bool
+    ) -> None:
+        if lease_lost:
+            logger.warning("experiment %s: taken over by another worker", claim.experiment_id)
+        elif cancelling:
+            self._with_retries(queue.finish_cancelled, self.session_factory, claim)
+            logger.info("experiment %s cancelled", claim.experiment_id)
+        elif self._with_retries(queue.release, self.session_factory, claim):
+            logger.info("experiment %s returned to the queue", claim.experiment_id)

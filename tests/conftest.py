@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from service.api import create_app
 from service.datasets import FashionMNIST, load_fashion_mnist
@@ -25,7 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
-BOTH_DATABASES = pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+SQLITE_ONLY = pytest.mark.parametrize("backend", ["sqlite"])
+POSTGRESQL_ONLY = pytest.mark.parametrize("backend", ["postgresql"])
 
 # Small and quick, but a real network on real images.
 TINY_SPEC = {
@@ -50,7 +52,8 @@ def upgrade(database_url: str) -> None:
 def fresh_postgres_database() -> Iterator[str]:
     """A new, empty database on the real PostgreSQL server, dropped afterwards."""
     admin_url = make_url(POSTGRES_URL)
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    # No pool: a server restart in a test must not leave this engine a dead connection.
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     name = f"convlab_test_{uuid.uuid4().hex[:12]}"
     with admin.connect() as connection:
         connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
@@ -62,10 +65,10 @@ def fresh_postgres_database() -> Iterator[str]:
         admin.dispose()
 
 
-@pytest.fixture
-def backend() -> str:
-    """Which database the test runs on; modules parametrize it to run on both."""
-    return "sqlite"
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request) -> str:
+    """Every test that touches the database runs on both; `SQLITE_ONLY` narrows one down."""
+    return request.param
 
 
 @pytest.fixture
@@ -86,6 +89,7 @@ def settings(database_url: str) -> Settings:
         database_url=database_url,
         worker_poll_seconds=0.05,
         worker_heartbeat_seconds=0.2,
+        lease_seconds=3,
         _env_file=None,
     )
 

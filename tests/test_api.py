@@ -7,8 +7,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy.engine import make_url
 
+from service import queue
 from service.api import create_app
-from tests.conftest import submit
+from tests.conftest import SQLITE_ONLY, submit
 
 
 def test_list_is_newest_first_paginated_and_filtered(client, drain):
@@ -49,14 +50,70 @@ def test_unknown_experiment_is_404_everywhere(client):
         assert "experiment 42 does not exist" in response.json()["detail"]
 
 
-def test_queued_experiment_says_why_it_waits_and_has_no_model_yet(client):
-    submit(client)
+def test_queued_experiment_says_where_it_stands_and_why_it_waits(client, session_factory):
+    first = submit(client)
     second = submit(client)
+    gpu = submit(client, device="gpu")
     body = client.get(f"/experiments/{second['id']}").json()
-    assert body["waiting_reason"] == "waits for a free worker; 1 queued experiment(s) ahead of it"
+    assert body["queue_position"] == 2
+    assert body["waiting_reason"] == "no worker is alive: start one with `python -m service worker`"
     assert body["test"] is None and body["model"] is None and body["epochs"] == []
+    assert body["attempts"] == [] and body["cancel_requested"] is False
     assert client.get(f"/experiments/{second['id']}/model").status_code == 409
     assert client.get(f"/experiments/{second['id']}/learning-curve.png").status_code == 409
+
+    queue.register_worker(
+        session_factory, worker_id="cpu-1", host="here", pid=1, device="cpu", lease_seconds=30
+    )
+    reasons = [
+        client.get(f"/experiments/{e['id']}").json()["waiting_reason"] for e in (first, second, gpu)
+    ]
+    assert reasons == [
+        "next in line: the first free worker takes it",
+        "1 queued experiment(s) ahead of it",
+        "no worker with a GPU is alive: start one with `python -m service worker --device gpu`",
+    ]
+
+
+def test_workers_are_listed_with_their_experiment_and_liveness(client, session_factory):
+    submit(client)
+    for worker_id in ("old", "new"):
+        queue.register_worker(
+            session_factory, worker_id=worker_id, host="here", pid=7, device="cpu", lease_seconds=30
+        )
+    queue.unregister_worker(session_factory, "old")
+    taken = queue.claim_next_experiment(session_factory, worker_id="new", worker_device="cpu")
+    workers = client.get("/workers").json()
+    assert [(w["id"], w["alive"], w["experiment_id"]) for w in workers] == [
+        ("new", True, taken.experiment_id),
+        ("old", False, None),
+    ]
+    assert workers[1]["stopped_at"] is not None
+    body = client.get(f"/experiments/{taken.experiment_id}").json()
+    assert [(a["number"], a["worker_id"], a["outcome"]) for a in body["attempts"]] == [
+        (1, "new", None)
+    ]
+
+
+def test_cancel_queued_at_once_and_finished_is_409(client, session_factory):
+    created = submit(client)
+    response = client.post(f"/experiments/{created['id']}/cancel")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "cancelled" and body["finished_at"] and body["cancel_requested"]
+    again = client.post(f"/experiments/{created['id']}/cancel")
+    assert again.status_code == 409
+    assert "is cancelled: only queued or running experiments can be cancelled" in again.text
+    assert queue.claim_next_experiment(session_factory, worker_id="w", worker_device="cpu") is None
+    assert client.post("/experiments/999/cancel").status_code == 404
+
+
+def test_cancel_running_is_202_and_a_request_to_its_worker(client, session_factory):
+    created = submit(client)
+    queue.claim_next_experiment(session_factory, worker_id="w", worker_device="cpu")
+    response = client.post(f"/experiments/{created['id']}/cancel")
+    assert response.status_code == 202
+    assert response.json()["status"] == "running" and response.json()["cancel_requested"]
 
 
 def test_learning_curve_is_a_png(client, drain):
@@ -68,6 +125,7 @@ def test_learning_curve_is_a_png(client, drain):
     assert Image.open(io.BytesIO(response.content)).size == (1000, 400)
 
 
+@SQLITE_ONLY
 def test_locked_database_is_503_with_retry_after_and_loses_nothing(settings):
     impatient = settings.model_copy(update={"sqlite_busy_timeout_ms": 200})
     with TestClient(create_app(impatient)) as client:

@@ -5,9 +5,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
 from service.models import Base
-from tests.conftest import BOTH_DATABASES, ROOT
-
-pytestmark = BOTH_DATABASES
+from tests.conftest import ROOT
 
 
 def test_migrations_produce_exactly_the_orm_schema(database_url):

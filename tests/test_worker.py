@@ -1,4 +1,4 @@
-"""Whole runs: POST, a worker trains, metrics and the model land in the database."""
+"""Whole runs through real worker processes: training, stopping, crashing, recovering."""
 
 import gzip
 import os
@@ -11,26 +11,23 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from service.models import EpochMetric, TrainedModel
-from tests.conftest import BOTH_DATABASES, ROOT, submit
+from tests.conftest import POSTGRESQL_ONLY, ROOT, submit
+
+FAST = {"WORKER_POLL_SECONDS": "0.1", "WORKER_HEARTBEAT_SECONDS": "0.2", "LEASE_SECONDS": "2"}
 
 
 def start_worker(settings, *extra: str, **env: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "service", "worker", "--device", "cpu", *extra],
         cwd=ROOT,
-        env={
-            **os.environ,
-            "DATABASE_URL": settings.database_url,
-            "WORKER_POLL_SECONDS": "0.1",
-            **env,
-        },
+        env={**os.environ, "DATABASE_URL": settings.database_url, **FAST, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
 
 
-def wait_for(predicate, timeout: float = 60, interval: float = 0.1):
+def wait_for(predicate, timeout: float = 90, interval: float = 0.1):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -40,19 +37,26 @@ def wait_for(predicate, timeout: float = 60, interval: float = 0.1):
     raise AssertionError(f"condition not met within {timeout} s")
 
 
-@BOTH_DATABASES
+def get(client, experiment: dict) -> dict:
+    return client.get(f"/experiments/{experiment['id']}").json()
+
+
+def epochs_done(client, experiment: dict, count: int):
+    return lambda: len(get(client, experiment)["epochs"]) >= count
+
+
 def test_worker_process_trains_a_posted_experiment_to_succeeded(client, session_factory):
     created = submit(client, name="tiny", validation_split=0.1)
     worker = start_worker(client.app.state.settings, "--drain")
     output, _ = worker.communicate(timeout=180)
     assert worker.returncode == 0, output
 
-    body = client.get(f"/experiments/{created['id']}").json()
+    body = get(client, created)
     assert body["status"] == "succeeded", body
     assert body["device"] == "CPU"
-    assert body["attempts"] == 1
+    assert [(a["number"], a["outcome"]) for a in body["attempts"]] == [(1, "succeeded")]
     assert body["started_at"] and body["finished_at"]
-    assert body["progress"] is None
+    assert body["progress"] is None and body["queue_position"] is None
     assert [epoch["epoch"] for epoch in body["epochs"]] == [1, 2]
     for epoch in body["epochs"]:
         assert epoch["loss"] > 0 and 0 <= epoch["accuracy"] <= 1
@@ -66,12 +70,14 @@ def test_worker_process_trains_a_posted_experiment_to_succeeded(client, session_
         assert session.scalar(select(func.count()).select_from(EpochMetric)) == 2
         stored = session.get(TrainedModel, created["id"])
         assert stored.keras_file[:2] == b"PK"  # A .keras file is a zip archive.
+    workers = client.get("/workers").json()
+    assert len(workers) == 1 and workers[0]["alive"] is False and workers[0]["stopped_at"]
 
 
 def test_stop_threshold_stops_early_and_says_why(client, drain):
     created = submit(client, epochs=5, stop={"metric": "loss", "threshold": 5.0})
     drain()
-    body = client.get(f"/experiments/{created['id']}").json()
+    body = get(client, created)
     assert body["status"] == "succeeded"
     assert len(body["epochs"]) == 1
     assert body["stopped_early"] is True
@@ -82,12 +88,12 @@ def test_stop_threshold_stops_early_and_says_why(client, drain):
 def test_unreached_threshold_trains_every_epoch(client, drain):
     created = submit(client, epochs=2, stop={"metric": "accuracy", "threshold": 0.999})
     drain()
-    body = client.get(f"/experiments/{created['id']}").json()
+    body = get(client, created)
     assert len(body["epochs"]) == 2
     assert body["stopped_early"] is False and body["stop_reason"] is None
 
 
-def test_a_failing_run_ends_failed_with_a_readable_error(client, drain, settings, tmp_path: Path):
+def test_a_failing_run_ends_failed_at_once_without_retry(client, drain, settings, tmp_path: Path):
     broken = tmp_path / "broken"
     broken.mkdir()
     for stem in (
@@ -99,59 +105,202 @@ def test_a_failing_run_ends_failed_with_a_readable_error(client, drain, settings
         (broken / f"{stem}.gz").write_bytes(gzip.compress(b"not an idx file"))
     created = submit(client)
     drain(settings.model_copy(update={"fashion_mnist_dir": broken}))
-    body = client.get(f"/experiments/{created['id']}").json()
+    body = get(client, created)
     assert body["status"] == "failed"
     assert "is not an unsigned-byte IDX file" in body["error"]
     assert body["model"] is None and body["finished_at"]
+    assert [a["outcome"] for a in body["attempts"]] == ["failed"]
 
 
 def test_gpu_experiment_waits_for_a_gpu_worker(client, drain):
     gpu = submit(client, device="gpu")
     cpu = submit(client)
     drain()
-    waiting = client.get(f"/experiments/{gpu['id']}").json()
+    waiting = get(client, gpu)
     assert waiting["status"] == "queued"
-    assert "waits for a GPU worker" in waiting["waiting_reason"]
-    assert client.get(f"/experiments/{cpu['id']}").json()["status"] == "succeeded"
+    assert "no worker with a GPU is alive" in waiting["waiting_reason"]
+    assert get(client, cpu)["status"] == "succeeded"
 
 
-def test_sigterm_requeues_the_running_experiment_and_exits_zero(client):
-    created = submit(client, epochs=50, train_samples=6000, batch_size=32)
-    worker = start_worker(client.app.state.settings, WORKER_HEARTBEAT_SECONDS="0.2")
+def test_several_worker_processes_claim_each_experiment_exactly_once(client):
+    experiments = [submit(client, epochs=1, train_samples=64, batch_size=64) for _ in range(9)]
+    workers = [start_worker(client.app.state.settings, "--drain") for _ in range(3)]
+    for worker in workers:
+        output, _ = worker.communicate(timeout=240)
+        assert worker.returncode == 0, output
+    bodies = [get(client, e) for e in experiments]
+    assert [b["status"] for b in bodies] == ["succeeded"] * 9
+    assert all(len(b["attempts"]) == 1 and len(b["epochs"]) == 1 for b in bodies)
+
+
+def test_sigterm_finishes_the_epoch_requeues_without_spending_an_attempt(client):
+    created = submit(client, epochs=50, train_samples=20000, batch_size=32)
+    worker = start_worker(client.app.state.settings, SHUTDOWN_GRACE_SECONDS="60")
 
     def running_with_progress():
-        body = client.get(f"/experiments/{created['id']}").json()
+        body = get(client, created)
         return body if body["progress"] and body["progress"]["step"] > 0 else None
 
-    body = wait_for(running_with_progress, timeout=120)
+    body = wait_for(running_with_progress)
     assert body["status"] == "running"
-    assert body["progress"]["epochs"] == 50 and body["progress"]["steps"] == 188
+    assert body["progress"]["epochs"] == 50 and body["progress"]["steps"] == 625
 
     worker.send_signal(signal.SIGTERM)
     output, _ = worker.communicate(timeout=60)
     assert worker.returncode == 0, output
-    body = client.get(f"/experiments/{created['id']}").json()
+    body = get(client, created)
     assert body["status"] == "queued"
-    assert body["epochs"] == [] and body["progress"] is None
+    assert len(body["epochs"]) >= 1  # The epoch under way was finished and kept.
+    assert [a["outcome"] for a in body["attempts"]] == ["requeued"]
+
+    # The next worker resumes it as attempt 2, the first one spent.
+    resumed = start_worker(client.app.state.settings)
+    wait_for(lambda: len(get(client, created)["attempts"]) == 2)
+    wait_for(lambda: (get(client, created)["progress"] or {}).get("step", 0) > 0)
+    resumed.send_signal(signal.SIGTERM)
+    time.sleep(0.5)  # Two signals sent at once may arrive as one.
+    resumed.send_signal(signal.SIGTERM)  # A second signal stops the training at once.
+    output, _ = resumed.communicate(timeout=60)
+    assert resumed.returncode == 0, output
+    assert "stopping the training now" in output
+    body = get(client, created)
+    assert body["status"] == "queued"
+    assert [a["outcome"] for a in body["attempts"]] == ["requeued", "requeued"]
 
 
-def test_killed_worker_is_recovered_after_its_lease_and_finishes_once(client):
+def test_grace_period_ending_mid_epoch_releases_the_experiment(client):
+    created = submit(client, epochs=3, train_samples=20000, batch_size=16)
+    worker = start_worker(client.app.state.settings, SHUTDOWN_GRACE_SECONDS="0.5")
+    wait_for(lambda: (get(client, created)["progress"] or {}).get("step", 0) > 0)
+    worker.send_signal(signal.SIGTERM)
+    output, _ = worker.communicate(timeout=60)
+    assert worker.returncode == 0, output
+    body = get(client, created)
+    assert body["status"] == "queued" and body["epochs"] == []
+    assert body["attempts"][0]["error"] == "the worker shut down before the epoch ended"
+
+
+def test_killed_worker_is_resumed_from_its_last_epoch_by_another(client):
     created = submit(client, epochs=4, train_samples=3000, batch_size=16)
-    lease = {"LEASE_SECONDS": "2", "WORKER_HEARTBEAT_SECONDS": "0.2"}
-    doomed = start_worker(client.app.state.settings, **lease)
-
-    def finished_an_epoch():
-        return len(client.get(f"/experiments/{created['id']}").json()["epochs"]) >= 1
-
-    wait_for(finished_an_epoch, timeout=120)
+    doomed = start_worker(client.app.state.settings)
+    wait_for(epochs_done(client, created, 1))
     doomed.kill()
     doomed.communicate()
-    assert client.get(f"/experiments/{created['id']}").json()["status"] == "running"
+    before = get(client, created)
+    assert before["status"] == "running"
+    kept = {e["epoch"]: e["finished_at"] for e in before["epochs"]}
 
-    rescuer = start_worker(client.app.state.settings, "--drain", **lease)
+    rescuer = start_worker(client.app.state.settings, "--drain")
     output, _ = rescuer.communicate(timeout=180)
     assert rescuer.returncode == 0, output
-    body = client.get(f"/experiments/{created['id']}").json()
+    assert f"resumes after epoch {max(kept)}" in output
+    body = get(client, created)
     assert body["status"] == "succeeded"
-    assert body["attempts"] == 2
+    assert [(a["number"], a["outcome"]) for a in body["attempts"]] == [
+        (1, "lost"),
+        (2, "succeeded"),
+    ]
     assert [epoch["epoch"] for epoch in body["epochs"]] == [1, 2, 3, 4]
+    # The epochs of the first attempt are the same rows, not trained again.
+    assert {e["epoch"]: e["finished_at"] for e in body["epochs"] if e["epoch"] in kept} == kept
+
+
+def test_stalled_worker_cannot_write_after_takeover_and_stops_itself(client):
+    created = submit(client, epochs=6, train_samples=3000, batch_size=16)
+    stalled = start_worker(client.app.state.settings)
+    wait_for(epochs_done(client, created, 1))
+    stalled.send_signal(signal.SIGSTOP)
+    rescuer = start_worker(client.app.state.settings)
+    try:
+        wait_for(lambda: len(get(client, created)["attempts"]) == 2)
+        stalled.send_signal(signal.SIGCONT)
+        wait_for(lambda: get(client, created)["status"] == "succeeded", timeout=180)
+    finally:
+        stalled.send_signal(signal.SIGCONT)
+        for worker in (stalled, rescuer):
+            worker.send_signal(signal.SIGTERM)
+    stalled_output, _ = stalled.communicate(timeout=60)
+    rescuer.communicate(timeout=60)
+    assert "lease lost, stopping" in stalled_output or "taken over" in stalled_output
+    body = get(client, created)
+    assert [epoch["epoch"] for epoch in body["epochs"]] == [1, 2, 3, 4, 5, 6]
+    assert body["attempts"][0]["outcome"] == "lost"
+    assert body["attempts"][1]["outcome"] == "succeeded"
+    assert body["attempts"][1]["worker_id"] != body["attempts"][0]["worker_id"]
+
+
+def test_cancel_running_stops_within_seconds_and_keeps_finished_epochs(client):
+    created = submit(client, epochs=30, train_samples=6000, batch_size=16)
+    worker = start_worker(client.app.state.settings)
+    wait_for(epochs_done(client, created, 1))
+    asked = time.monotonic()
+    assert client.post(f"/experiments/{created['id']}/cancel").status_code == 202
+    wait_for(lambda: get(client, created)["status"] == "cancelled", timeout=10)
+    assert time.monotonic() - asked < 3
+    body = get(client, created)
+    assert 1 <= len(body["epochs"]) < 30
+    assert [a["outcome"] for a in body["attempts"]] == ["cancelled"]
+    assert client.post(f"/experiments/{created['id']}/cancel").status_code == 409
+    worker.send_signal(signal.SIGTERM)
+    output, _ = worker.communicate(timeout=60)
+    assert worker.returncode == 0, output
+
+
+def test_a_run_that_keeps_killing_its_training_process_fails_after_max_attempts(client):
+    created = submit(client, epochs=20, train_samples=6000, batch_size=16)
+    worker = start_worker(client.app.state.settings, MAX_ATTEMPTS="2")
+    try:
+        for attempt in (1, 2):
+            wait_for(lambda a=attempt: len(get(client, created)["attempts"]) == a)
+            wait_for(lambda: (get(client, created)["progress"] or {}).get("step", 0) > 0)
+            trainer = wait_for(lambda: _child_of(worker.pid))
+            os.kill(trainer, signal.SIGKILL)
+        wait_for(lambda: get(client, created)["status"] == "failed")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        output, _ = worker.communicate(timeout=60)
+    assert worker.returncode == 0, output
+    body = get(client, created)
+    assert "the training process died (exit code -9); gave up after 2 attempts" in body["error"]
+    assert [a["outcome"] for a in body["attempts"]] == ["lost", "lost"]
+
+
+def _child_of(pid: int) -> int | None:
+    """The training child, not multiprocessing's resource tracker beside it."""
+    found = subprocess.run(
+        ["pgrep", "-P", str(pid), "-f", "spawn_main"], capture_output=True, text=True
+    ).stdout.split()
+    return int(found[0]) if found else None
+
+
+@POSTGRESQL_ONLY
+def test_postgresql_restart_during_a_run_loses_nothing(client):
+    created = submit(client, epochs=5, train_samples=3000, batch_size=16)
+    worker = start_worker(client.app.state.settings, "--drain", LEASE_SECONDS="30")
+    wait_for(epochs_done(client, created, 1))
+    version = sorted(os.listdir("/etc/postgresql"))[0]
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"], check=True
+    )
+    output, _ = worker.communicate(timeout=240)
+    assert worker.returncode == 0, output
+    body = get(client, created)
+    assert body["status"] == "succeeded", output
+    assert [epoch["epoch"] for epoch in body["epochs"]] == [1, 2, 3, 4, 5]
+    assert [a["outcome"] for a in body["attempts"]] == ["succeeded"]
+
+
+def test_idle_worker_picks_up_a_new_experiment_within_a_second(client, backend):
+    # On PostgreSQL only NOTIFY can wake a worker polling every 5 s this fast.
+    poll = "5" if backend == "postgresql" else "0.5"
+    worker = start_worker(client.app.state.settings, WORKER_POLL_SECONDS=poll)
+    try:
+        wait_for(lambda: any(w["alive"] for w in client.get("/workers").json()))
+        time.sleep(1)  # Let it settle into its idle wait.
+        posted = time.monotonic()
+        created = submit(client)
+        wait_for(lambda: get(client, created)["attempts"], interval=0.02)
+        assert time.monotonic() - posted < 1.0
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.communicate(timeout=60)

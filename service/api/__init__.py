@@ -7,7 +7,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 
-from service.api import experiments, predict
+from service.api import experiments, predict, workers
 from service.db import create_db_engine, create_session_factory
 from service.inference import ModelCache
 from service.settings import Settings, get_settings
@@ -38,6 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(experiments.router)
     app.include_router(predict.router)
+    app.include_router(workers.router)
 
     @app.exception_handler(OperationalError)
     async def database_unavailable(_request: Request, error: OperationalError) -> JSONResponse:

@@ -31,6 +31,8 @@ def get_model_cache(request: Request) -> ModelCache:
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
-SessionDep = Annotated[Session, Depends(get_session)]
-ReadSessionDep = Annotated[Session, Depends(get_read_session)]
+# scope="function": commit before the response goes out, so a client that reads right after
+# a 202 finds what it created.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+ReadSessionDep = Annotated[Session, Depends(get_read_session, scope="function")]
 ModelCacheDep = Annotated[ModelCache, Depends(get_model_cache)]

@@ -7,7 +7,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from service import queue
-from service.api.deps import ReadSessionDep, SessionDep
+from service.api.deps import ReadSessionDep, SessionDep, SettingsDep
 from service.api.views import experiment_list_item, experiment_read
 from service.models import Experiment, ExperimentStatus, TrainedModel
 from service.plots import learning_curve_png
@@ -20,7 +20,12 @@ MAX_PAGE_SIZE = 100
 
 def get_experiment_or_404(session: Session, experiment_id: int) -> Experiment:
     """The experiment with this id, or a 404 that says so."""
-    experiment = session.get(Experiment, experiment_id, options=[selectinload(Experiment.epochs)])
+    experiment = session.get(
+        Experiment,
+        experiment_id,
+        options=[selectinload(Experiment.epochs), selectinload(Experiment.attempt_history)],
+        populate_existing=True,
+    )
     if experiment is None:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND,
@@ -31,12 +36,14 @@ def get_experiment_or_404(session: Session, experiment_id: int) -> Experiment:
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=ExperimentRead)
 def create_experiment(
-    payload: ExperimentCreate, session: SessionDep, response: Response
+    payload: ExperimentCreate, session: SessionDep, settings: SettingsDep, response: Response
 ) -> ExperimentRead:
     """Validate a spec and queue it for training."""
     experiment = queue.enqueue(session, name=payload.name, spec=payload.to_spec())
     response.headers["Location"] = f"/experiments/{experiment.id}"
-    return experiment_read(session, experiment)
+    return experiment_read(
+        session, get_experiment_or_404(session, experiment.id), lease_seconds=settings.lease_seconds
+    )
 
 
 @router.get("", response_model=ExperimentPage)
@@ -66,9 +73,35 @@ def list_experiments(
 
 
 @router.get("/{experiment_id}", response_model=ExperimentRead)
-def get_experiment(experiment_id: int, session: ReadSessionDep) -> ExperimentRead:
-    """One experiment: status, progress, every finished epoch, test result."""
-    return experiment_read(session, get_experiment_or_404(session, experiment_id))
+def get_experiment(
+    experiment_id: int, session: ReadSessionDep, settings: SettingsDep
+) -> ExperimentRead:
+    """One experiment: status, progress, every finished epoch, attempts, test result."""
+    return experiment_read(
+        session, get_experiment_or_404(session, experiment_id), lease_seconds=settings.lease_seconds
+    )
+
+
+@router.post(
+    "/{experiment_id}/cancel",
+    response_model=ExperimentRead,
+    responses={202: {"description": "running: the worker stops it within seconds"}},
+)
+def cancel_experiment(
+    experiment_id: int, session: SessionDep, settings: SettingsDep, response: Response
+) -> ExperimentRead:
+    """Cancel a queued experiment at once (200) or stop a running one (202); 409 if finished."""
+    experiment = get_experiment_or_404(session, experiment_id)
+    if not queue.request_cancel(session, experiment_id):
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"experiment {experiment_id} is {experiment.status}: only queued or running "
+            "experiments can be cancelled",
+        )
+    experiment = get_experiment_or_404(session, experiment_id)
+    if experiment.status == ExperimentStatus.RUNNING:
+        response.status_code = status.HTTP_202_ACCEPTED
+    return experiment_read(session, experiment, lease_seconds=settings.lease_seconds)
 
 
 @router.get(

@@ -3,8 +3,10 @@
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.models import Experiment, ExperimentStatus, TrainedModel
+from service.models import Experiment, ExperimentStatus, TrainedModel, Worker
+from service.queue import CLAIMABLE_DEVICES, alive_workers
 from service.schemas import (
+    AttemptRead,
     EpochRead,
     ExperimentListItem,
     ExperimentRead,
@@ -13,18 +15,42 @@ from service.schemas import (
     TestResultRead,
 )
 
+START_WORKER = "python -m service worker"
 
-def _waiting_reason(session: Session, experiment: Experiment) -> str | None:
+
+def _queue_position(session: Session, experiment: Experiment) -> int | None:
     if experiment.status != ExperimentStatus.QUEUED:
         return None
-    if experiment.requested_device == "gpu":
-        return "waits for a GPU worker: start one with `python -m service worker --device gpu`"
     ahead = session.scalar(
         select(func.count())
         .select_from(Experiment)
         .where(Experiment.status == ExperimentStatus.QUEUED, Experiment.id < experiment.id)
     )
-    return f"waits for a free worker; {ahead} queued experiment(s) ahead of it"
+    return (ahead or 0) + 1
+
+
+def _waiting_reason(
+    session: Session, experiment: Experiment, position: int | None, lease_seconds: float
+) -> str | None:
+    if position is None:
+        return None
+    able = [
+        device
+        for device, claimable in CLAIMABLE_DEVICES.items()
+        if experiment.requested_device in claimable
+    ]
+    workers = session.scalar(
+        select(func.count())
+        .select_from(Worker)
+        .where(alive_workers(session, lease_seconds=lease_seconds), Worker.device.in_(able))
+    )
+    if not workers:
+        if able == ["gpu"]:
+            return f"no worker with a GPU is alive: start one with `{START_WORKER} --device gpu`"
+        return f"no worker is alive: start one with `{START_WORKER}`"
+    if position == 1:
+        return "next in line: the first free worker takes it"
+    return f"{position - 1} queued experiment(s) ahead of it"
 
 
 def _progress(experiment: Experiment) -> ProgressRead | None:
@@ -38,7 +64,9 @@ def _progress(experiment: Experiment) -> ProgressRead | None:
     )
 
 
-def experiment_read(session: Session, experiment: Experiment) -> ExperimentRead:
+def experiment_read(
+    session: Session, experiment: Experiment, *, lease_seconds: float
+) -> ExperimentRead:
     """The full view of one experiment, as GET /experiments/{id} returns it."""
     model_row = session.execute(
         select(TrainedModel.size_bytes, TrainedModel.sha256).where(
@@ -48,6 +76,7 @@ def experiment_read(session: Session, experiment: Experiment) -> ExperimentRead:
     test = None
     if experiment.test_loss is not None and experiment.test_accuracy is not None:
         test = TestResultRead(loss=experiment.test_loss, accuracy=experiment.test_accuracy)
+    position = _queue_position(session, experiment)
     return ExperimentRead(
         id=experiment.id,
         name=experiment.name,
@@ -57,8 +86,10 @@ def experiment_read(session: Session, experiment: Experiment) -> ExperimentRead:
         started_at=experiment.started_at,
         finished_at=experiment.finished_at,
         device=experiment.device,
-        attempts=experiment.attempts,
-        waiting_reason=_waiting_reason(session, experiment),
+        attempts=[AttemptRead.model_validate(a) for a in experiment.attempt_history],
+        queue_position=position,
+        waiting_reason=_waiting_reason(session, experiment, position, lease_seconds),
+        cancel_requested=experiment.cancel_requested_at is not None,
         summary=experiment.summary,
         progress=_progress(experiment),
         epochs=[EpochRead.model_validate(epoch) for epoch in experiment.epochs],

@@ -1,0 +1,189 @@
+"""The training child process: Keras runs here, so a crash or a hang can be killed and
+recorded without taking the worker down. It lives across experiments and keeps the data set
+in memory; the worker process itself never imports Keras."""
+
+import contextlib
+import multiprocessing
+import os
+import signal
+import traceback
+from multiprocessing.connection import Connection
+from multiprocessing.sharedctypes import Synchronized
+from multiprocessing.synchronize import Event
+from pathlib import Path
+from typing import Any
+
+PARENT_CHECK_SECONDS = 1.0
+READY_TIMEOUT_SECONDS = 300.0
+
+
+class TrainerCrashedError(RuntimeError):
+    """The child process died or never became ready."""
+
+
+class TrainerProcess:
+    """The worker's handle on its training child: start a run, read its messages, stop it."""
+
+    def __init__(self, fashion_mnist_dir: Path | None) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.stop_now = context.Event()
+        self.stop_after_epoch = context.Event()
+        self.epoch = context.Value("i", 0, lock=False)
+        self.step = context.Value("i", 0, lock=False)
+        self._connection, child_connection = context.Pipe()
+        self.process = context.Process(
+            target=_serve,
+            args=(
+                child_connection,
+                self.stop_now,
+                self.stop_after_epoch,
+                self.epoch,
+                self.step,
+                fashion_mnist_dir,
+                os.getpid(),
+            ),
+            name="convlab-trainer",
+            daemon=True,
+        )
+        self.process.start()
+        child_connection.close()
+        if not self._connection.poll(READY_TIMEOUT_SECONDS):
+            self.kill()
+            raise TrainerCrashedError("the training process did not start")
+        _kind, gpus = self.receive()
+        self.gpus: list[str] = gpus
+
+    def start(self, spec_json: dict, device: str, resume: tuple[int, bytes] | None) -> None:
+        self.stop_now.clear()
+        self.stop_after_epoch.clear()
+        self.epoch.value = resume[0] if resume else 0
+        self.step.value = 0
+        self._connection.send(("train", spec_json, device, resume))
+
+    def poll(self, timeout: float) -> tuple | None:
+        """The next message from the child, or None; raises when the child has died."""
+        try:
+            if self._connection.poll(timeout):
+                return self.receive()
+        except (EOFError, OSError):
+            pass
+        else:
+            if self.process.is_alive():
+                return None
+        self.process.join(1)
+        raise TrainerCrashedError(f"the training process died (exit code {self.process.exitcode})")
+
+    def receive(self) -> tuple:
+        return self._connection.recv()
+
+    def alive(self) -> bool:
+        return self.process.is_alive()
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.join()
+        self._connection.close()
+
+    def close(self) -> None:
+        """Stop an idle child."""
+        if self.process.is_alive():
+            with contextlib.suppress(OSError):
+                self._connection.send(("exit",))
+            self.process.join(10)
+        if self.process.is_alive():
+            self.kill()
+
+
+class _SharedProgress:
+    """training.Progress backed by shared integers the worker process reads."""
+
+    def __init__(self, epochs: int, steps_per_epoch: int, epoch: Synchronized, step: Synchronized):
+        self.epochs = epochs
+        self.steps_per_epoch = steps_per_epoch
+        self._epoch = epoch
+        self._step = step
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch.value
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._epoch.value = value
+
+    @property
+    def step(self) -> int:
+        return self._step.value
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self._step.value = value
+
+
+def _serve(
+    connection: Connection,
+    stop_now: Event,
+    stop_after_epoch: Event,
+    epoch: Synchronized,
+    step: Synchronized,
+    fashion_mnist_dir: Path | None,
+    parent_pid: int,
+) -> None:
+    # Ctrl-C reaches the whole process group; only the worker decides what stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    from service.datasets import load_fashion_mnist
+    from service.schemas import ExperimentSpec
+    from service.training import (
+        TrainingInterrupted,
+        available_gpus,
+        describe_device,
+        save_model_bytes,
+        steps_per_epoch,
+        train,
+        training_arrays,
+    )
+
+    def orphaned() -> bool:
+        return os.getppid() != parent_pid
+
+    connection.send(("ready", available_gpus()))
+    dataset = None
+    while True:
+        if not connection.poll(PARENT_CHECK_SECONDS):
+            if orphaned():
+                return
+            continue
+        message: Any = connection.recv()
+        if message[0] == "exit":
+            return
+        _, spec_json, device, resume = message
+        try:
+            if dataset is None:
+                dataset = load_fashion_mnist(fashion_mnist_dir)
+            spec = ExperimentSpec.model_validate(spec_json)
+            images, _ = training_arrays(spec, dataset)
+            progress = _SharedProgress(spec.epochs, steps_per_epoch(spec, len(images)), epoch, step)
+            connection.send(("started", describe_device(device), progress.steps_per_epoch))
+            result = train(
+                spec,
+                dataset,
+                device=device,
+                progress=progress,
+                on_epoch=lambda result, model: connection.send(
+                    ("epoch", result, save_model_bytes(model))
+                ),
+                should_stop=lambda: stop_now.is_set() or orphaned(),
+                stop_after_epoch=stop_after_epoch.is_set,
+                resume=resume,
+            )
+            connection.send(("done", result))
+        except TrainingInterrupted:
+            if orphaned():
+                return
+            connection.send(("interrupted",))
+        except Exception as error:
+            traceback.print_exc()
+            connection.send(("error", f"{type(error).__name__}: {error}"))

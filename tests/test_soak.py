@@ -1,0 +1,94 @@
+"""SQLite shared by a real API server and several workers under mixed writes."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx2 as httpx
+
+from tests.conftest import ROOT, SQLITE_ONLY
+from tests.test_cli import free_port
+
+SOAK_SECONDS = float(os.environ.get("CONVLAB_SOAK_SECONDS", "20"))
+TINY = {"conv_layers": 1, "filters": 4, "epochs": 2, "train_samples": 64, "batch_size": 32}
+
+
+@SQLITE_ONLY
+def test_api_and_workers_share_sqlite_without_database_is_locked(settings, tmp_path):
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "PORT": str(port),
+        "WORKER_POLL_SECONDS": "0.05",
+        "WORKER_HEARTBEAT_SECONDS": "0.1",
+    }
+    logs = [open(tmp_path / f"{name}.log", "w+") for name in ("api", "w1", "w2", "w3")]  # noqa: SIM115
+    commands = [["api"]] + [["worker", "--device", "cpu"]] * 3
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "service", *command],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        for command, log in zip(commands, logs, strict=True)
+    ]
+    base = f"http://127.0.0.1:{port}"
+    statuses: list[int] = []
+    created: list[int] = []
+    lock = threading.Lock()
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(f"{base}/health", timeout=1)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "the API never answered"
+                time.sleep(0.2)
+
+        def client_loop() -> None:
+            end = time.monotonic() + SOAK_SECONDS
+            with httpx.Client(base_url=base, timeout=30) as http:
+                for _ in range(10_000):
+                    if time.monotonic() > end:
+                        return
+                    response = http.post("/experiments", json=TINY)
+                    answers = [response.status_code]
+                    if response.status_code == 202:
+                        experiment_id = response.json()["id"]
+                        with lock:
+                            created.append(experiment_id)
+                        answers.append(http.get(f"/experiments/{experiment_id}").status_code)
+                    answers.append(http.get("/experiments", params={"limit": 50}).status_code)
+                    answers.append(http.get("/workers").status_code)
+                    with lock:
+                        statuses.extend(answers)
+                    time.sleep(0.05)
+
+        clients = [threading.Thread(target=client_loop) for _ in range(3)]
+        for thread in clients:
+            thread.start()
+        for thread in clients:
+            thread.join()
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            process.wait(timeout=90)
+
+    output = ""
+    for log in logs:
+        log.seek(0)
+        output += log.read()
+        log.close()
+    assert created and len(statuses) > 4 * len(created) // 2
+    assert set(statuses) <= {200, 202}, sorted(set(statuses))
+    assert "database is locked" not in output
+    assert "Traceback" not in output
+    assert output.count(" succeeded") >= 3  # The workers trained while the API wrote.

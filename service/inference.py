@@ -8,13 +8,20 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from service.architecture import IMAGE_SIZE
+from service.architecture import FLOAT_BYTES, IMAGE_SIZE
 from service.datasets import CLASS_NAMES
 from service.training import load_model_bytes
+
+if TYPE_CHECKING:
+    from service.batching import MicroBatcher
+
+# Traced once at load, so the first requests of each common size pay no compilation.
+WARM_UP_BATCH_SIZES = (1, 8, 32)
 
 # Fashion-MNIST shows light garments on a black background; a brighter border means the
 # picture is the other way round.
@@ -112,11 +119,13 @@ def parse_array(values: object) -> np.ndarray:
     return array.astype(np.float32)
 
 
-@dataclass(frozen=True)
+@dataclass
 class LoadedModel:
     experiment_id: int
     sha256: str
     model: object
+    size_bytes: int
+    batcher: "MicroBatcher | None" = None
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         """Class probabilities for a batch of 28×28 images, in one compiled call."""
@@ -124,10 +133,11 @@ class LoadedModel:
 
 
 class ModelCache:
-    """At most `capacity` loaded and warmed-up models, least recently used evicted first."""
+    """Loaded, warmed-up models, least recently used evicted past `capacity` or `max_bytes`."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, max_bytes: int) -> None:
         self.capacity = capacity
+        self.max_bytes = max_bytes
         self._models: OrderedDict[int, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[int, threading.Lock] = {}
@@ -147,14 +157,31 @@ class ModelCache:
                 if cached is not None and cached.sha256 == sha256:
                     return cached
             model = load_model_bytes(fetch())
-            model.predict_on_batch(np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 1), np.float32))
-            loaded = LoadedModel(experiment_id, sha256, model)
+            for size in WARM_UP_BATCH_SIZES:
+                model.predict_on_batch(np.zeros((size, IMAGE_SIZE, IMAGE_SIZE, 1), np.float32))
+            loaded = LoadedModel(
+                experiment_id, sha256, model, size_bytes=model.count_params() * FLOAT_BYTES
+            )
             with self._lock:
                 self._models[experiment_id] = loaded
                 self._models.move_to_end(experiment_id)
-                while len(self._models) > self.capacity:
+                while len(self._models) > 1 and (
+                    len(self._models) > self.capacity or self.cached_bytes() > self.max_bytes
+                ):
                     self._models.popitem(last=False)
             return loaded
+
+    def holds(self, experiment_id: int, sha256: str) -> bool:
+        """Whether `get` would answer at once, without loading."""
+        cached = self._models.get(experiment_id)
+        return cached is not None and cached.sha256 == sha256
+
+    def cached_bytes(self) -> int:
+        return sum(model.size_bytes for model in self._models.values())
+
+    def cached_ids(self) -> list[int]:
+        with self._lock:
+            return list(self._models)
 
 
 def describe(probabilities: np.ndarray) -> list[dict]:

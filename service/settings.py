@@ -49,7 +49,29 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=5 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(default=25_000_000, gt=0)
     max_predict_instances: int = Field(default=256, gt=0)
-    model_cache_size: int = Field(default=4, ge=1)
+    model_cache_size: int = Field(default=4, ge=1, description="Most models kept loaded.")
+    model_cache_bytes: int = Field(
+        default=512 * 1024**2, gt=0, description="Most weight bytes kept loaded."
+    )
+    model_check_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="How long a request may reuse the last look-up of which model serves it.",
+    )
+    batch_wait_ms: float = Field(
+        default=2.0, ge=0, description="How long to gather predict requests; 0 turns it off."
+    )
+    batch_max_images: int = Field(default=64, ge=1)
+
+    worker_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="Niceness of the training process, so it cannot starve an API beside it.",
+    )
+    worker_threads: int | None = Field(
+        default=None, ge=1, description="Threads the training process may use; unset: all."
+    )
 
 
 @lru_cache

@@ -6,6 +6,8 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import threading
+import time
 import traceback
 from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import Synchronized
@@ -14,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 PARENT_CHECK_SECONDS = 1.0
+# How often the child's watcher thread copies the stop requests into plain flags: reading a
+# process-shared event or asking for the parent's pid on every batch slows training down.
+FLAG_REFRESH_SECONDS = 0.1
 READY_TIMEOUT_SECONDS = 300.0
 
 
@@ -24,7 +29,9 @@ class TrainerCrashedError(RuntimeError):
 class TrainerProcess:
     """The worker's handle on its training child: start a run, read its messages, stop it."""
 
-    def __init__(self, fashion_mnist_dir: Path | None) -> None:
+    def __init__(
+        self, fashion_mnist_dir: Path | None, *, nice: int = 0, threads: int | None = None
+    ) -> None:
         context = multiprocessing.get_context("spawn")
         self.stop_now = context.Event()
         self.stop_after_epoch = context.Event()
@@ -41,6 +48,8 @@ class TrainerProcess:
                 self.step,
                 fashion_mnist_dir,
                 os.getpid(),
+                nice,
+                threads,
             ),
             name="convlab-trainer",
             daemon=True,
@@ -120,6 +129,26 @@ class _SharedProgress:
         self._step.value = value
 
 
+class _StopFlags(threading.Thread):
+    """Mirrors the shared stop events and the parent's liveness into plain booleans."""
+
+    def __init__(self, stop_now: Event, stop_after_epoch: Event, parent_pid: int) -> None:
+        super().__init__(name="stop-flags", daemon=True)
+        self._events = (stop_now, stop_after_epoch)
+        self._parent_pid = parent_pid
+        self.now = self.after_epoch = self.orphaned = False
+
+    def run(self) -> None:
+        while True:
+            self.refresh()
+            time.sleep(FLAG_REFRESH_SECONDS)
+
+    def refresh(self) -> None:
+        self.now = self._events[0].is_set()
+        self.after_epoch = self._events[1].is_set()
+        self.orphaned = os.getppid() != self._parent_pid
+
+
 def _serve(
     connection: Connection,
     stop_now: Event,
@@ -128,11 +157,18 @@ def _serve(
     step: Synchronized,
     fashion_mnist_dir: Path | None,
     parent_pid: int,
+    nice: int,
+    threads: int | None,
 ) -> None:
     # Ctrl-C reaches the whole process group; only the worker decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Training yields the CPU to an API on the same machine; both knobs act before Keras loads.
+    os.nice(nice)
+    if threads:
+        for variable in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+            os.environ[variable] = str(threads)
 
     from service.datasets import load_fashion_mnist
     from service.schemas import ExperimentSpec
@@ -146,20 +182,20 @@ def _serve(
         training_arrays,
     )
 
-    def orphaned() -> bool:
-        return os.getppid() != parent_pid
-
+    flags = _StopFlags(stop_now, stop_after_epoch, parent_pid)
+    flags.start()
     connection.send(("ready", available_gpus()))
     dataset = None
     while True:
         if not connection.poll(PARENT_CHECK_SECONDS):
-            if orphaned():
+            if flags.orphaned:
                 return
             continue
         message: Any = connection.recv()
         if message[0] == "exit":
             return
         _, spec_json, device, resume = message
+        flags.refresh()  # The worker cleared the events just before sending this run.
         try:
             if dataset is None:
                 dataset = load_fashion_mnist(fashion_mnist_dir)
@@ -175,13 +211,13 @@ def _serve(
                 on_epoch=lambda result, model: connection.send(
                     ("epoch", result, save_model_bytes(model))
                 ),
-                should_stop=lambda: stop_now.is_set() or orphaned(),
-                stop_after_epoch=stop_after_epoch.is_set,
+                should_stop=lambda: flags.now or flags.orphaned,
+                stop_after_epoch=lambda: flags.after_epoch,
                 resume=resume,
             )
             connection.send(("done", result))
         except TrainingInterrupted:
-            if orphaned():
+            if flags.orphaned:
                 return
             connection.send(("interrupted",))
         except Exception as error:

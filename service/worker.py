@@ -113,7 +113,7 @@ class Worker:
 
     def run(self, *, drain: bool = False) -> None:
         """Register, then loop: recover expired leases, claim, train; wait when idle."""
-        self.trainer = TrainerProcess(self.settings.fashion_mnist_dir)
+        self.trainer = self._new_trainer()
         wakeup = _Wakeup(self.settings.database_url, self.shutdown)
         try:
             self.device = resolve_device(self.requested_device, self.trainer.gpus)
@@ -183,7 +183,14 @@ class Worker:
         if self.trainer.alive():
             self.trainer.kill()
         if not self.shutdown.is_set():
-            self.trainer = TrainerProcess(self.settings.fashion_mnist_dir)
+            self.trainer = self._new_trainer()
+
+    def _new_trainer(self) -> TrainerProcess:
+        return TrainerProcess(
+            self.settings.fashion_mnist_dir,
+            nice=self.settings.worker_nice,
+            threads=self.settings.worker_threads,
+        )
 
     def process(self, claim: queue.Claim) -> None:
         """Train one claimed experiment until it succeeds, fails, is cancelled or released."""

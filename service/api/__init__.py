@@ -1,6 +1,7 @@
 """The FastAPI application: experiments, predictions, health."""
 
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -8,6 +9,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 
 from service.api import experiments, predict, workers
+from service.api.predict import ModelResolver
 from service.db import create_db_engine, create_session_factory
 from service.inference import ModelCache
 from service.settings import Settings, get_settings
@@ -27,8 +29,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.session_factory = create_session_factory(engine)
         app.state.read_session_factory = create_session_factory(engine, read_only=True)
-        app.state.model_cache = ModelCache(settings.model_cache_size)
+        app.state.model_cache = ModelCache(settings.model_cache_size, settings.model_cache_bytes)
+        app.state.model_resolver = ModelResolver(settings.model_check_seconds)
+        # One thread runs the models: the backend's own threads already use every core.
+        app.state.inference_executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
         yield
+        app.state.inference_executor.shutdown()
         engine.dispose()
 
     app = FastAPI(

@@ -1,0 +1,76 @@
+"""Concurrent predictions for one model are answered by one padded, compiled call."""
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from service.batching import MicroBatcher, padded_size
+from service.inference import LoadedModel
+from service.schemas import ExperimentCreate
+from service.training import build_model
+
+
+class RecordingModel(LoadedModel):
+    """A real Keras model that also notes the batch size of every call."""
+
+    calls: list[int]
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        self.calls.append(len(pixels))
+        return super().predict(pixels)
+
+
+@pytest.fixture(scope="module")
+def model() -> RecordingModel:
+    spec = ExperimentCreate(conv_layers=1, filters=4, dense_units=[8], seed=1).to_spec()
+    loaded = RecordingModel(1, "sha", build_model(spec), size_bytes=0)
+    loaded.calls = []
+    return loaded
+
+
+@pytest.mark.parametrize(
+    ("count", "expected"), [(1, 1), (2, 2), (3, 4), (9, 16), (64, 64), (65, 65)]
+)
+def test_batches_are_padded_to_powers_of_two_up_to_the_maximum(count, expected):
+    assert padded_size(count, 64) == expected
+
+
+def run_concurrently(batcher: MicroBatcher, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    async def all_at_once():
+        return await asyncio.gather(*(batcher.predict(x) for x in inputs))
+
+    return asyncio.run(all_at_once())
+
+
+def test_concurrent_requests_share_one_call_and_get_their_own_answers(model, dataset):
+    images = dataset.test_images[:20].astype(np.float32) / 255
+    inputs = [images[i : i + 1] for i in range(20)]
+    with ThreadPoolExecutor(1) as executor:
+        batcher = MicroBatcher(model, max_wait=0.05, max_batch=64, executor=executor)
+        model.calls.clear()
+        answers = run_concurrently(batcher, inputs)
+    assert model.calls == [32]  # 20 requests, one call, padded to 32.
+    alone = model.model.predict_on_batch(images[..., np.newaxis])
+    for index, answer in enumerate(answers):
+        assert answer.shape == (1, 10)
+        np.testing.assert_allclose(answer[0], alone[index], atol=1e-5)
+
+
+def test_a_full_batch_is_sent_without_waiting(model, dataset):
+    images = dataset.test_images[:8].astype(np.float32) / 255
+    with ThreadPoolExecutor(1) as executor:
+        batcher = MicroBatcher(model, max_wait=10.0, max_batch=4, executor=executor)
+        model.calls.clear()
+        answers = run_concurrently(batcher, [images[i : i + 1] for i in range(8)])
+    assert model.calls == [4, 4] and len(answers) == 8
+
+
+def test_zero_wait_turns_batching_off(model, dataset):
+    images = dataset.test_images[:5].astype(np.float32) / 255
+    with ThreadPoolExecutor(1) as executor:
+        batcher = MicroBatcher(model, max_wait=0, max_batch=64, executor=executor)
+        model.calls.clear()
+        run_concurrently(batcher, [images[i : i + 1] for i in range(5)])
+    assert model.calls == [1, 1, 1, 1, 1]

@@ -50,7 +50,10 @@ format:
 	$(BIN)/ruff format .
 
 bench: setup
-	$(BIN)/python bench/train_overhead.py
+	command -v wrk >/dev/null || apt-get install -y -q wrk
+	$(BIN)/python bench/train_overhead.py --repeats 5
+	$(BIN)/python bench/predict_load.py
+	$(BIN)/python bench/api_latency.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache

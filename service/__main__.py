@@ -34,7 +34,12 @@ def run_api() -> None:
     from service.api import create_app
 
     settings = get_settings()
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
+    options = {"host": settings.host, "port": settings.port, "access_log": settings.access_log}
+    if settings.api_workers > 1:
+        # Several processes need the app by name: each builds its own from the environment.
+        uvicorn.run("service.api:create_app", factory=True, workers=settings.api_workers, **options)
+    else:
+        uvicorn.run(create_app(settings), **options)
 
 
 def run_worker(device: str | None, drain: bool) -> None:

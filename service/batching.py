@@ -1,17 +1,23 @@
 """Request-level micro-batching: concurrent predictions for one model become one call.
 
-Like TensorFlow Serving's batching: requests arriving within `max_wait` seconds of the first
-(or until `max_batch` images) are stacked, padded to a fixed size so the compiled function is
-never retraced for a new batch size, run once, and answered individually.
+Like TensorFlow Serving's batching, with one refinement for latency: requests announce
+themselves when they start (`arriving`), so a batch is sent as soon as every announced request
+has its images ready, at `max_batch` images, or after `max_wait` at the latest. A lone request
+therefore never waits, and under load the requests that arrive together share one call. The
+batch is padded to a power of two so the compiled function is not retraced per size.
 """
 
 import asyncio
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from service.inference import LoadedModel
+if TYPE_CHECKING:
+    from service.inference import LoadedModel
 
 
 def padded_size(count: int, max_batch: int) -> int:
@@ -23,16 +29,28 @@ def padded_size(count: int, max_batch: int) -> int:
 
 
 @dataclass
+class Ticket:
+    """A request's place in the batcher's count of images still to come."""
+
+    handed_in: bool = False
+
+
+@dataclass
 class _Pending:
     pixels: np.ndarray
     future: asyncio.Future = field(repr=False)
 
 
 class MicroBatcher:
-    """One per loaded model and event loop; `predict` may be awaited from many requests."""
+    """One per loaded model; `predict` may be awaited from many requests of one event loop."""
 
     def __init__(
-        self, model: LoadedModel, *, max_wait: float, max_batch: int, executor: ThreadPoolExecutor
+        self,
+        model: "LoadedModel",
+        *,
+        max_wait: float,
+        max_batch: int,
+        executor: ThreadPoolExecutor,
     ) -> None:
         self.model = model
         self.max_wait = max_wait
@@ -40,17 +58,34 @@ class MicroBatcher:
         self.executor = executor
         self._pending: list[_Pending] = []
         self._images = 0
+        self._expected = 0  # Requests announced that have not handed in their images yet.
         self._flush_handle: asyncio.TimerHandle | None = None
 
-    async def predict(self, pixels: np.ndarray) -> np.ndarray:
+    @asynccontextmanager
+    async def arriving(self) -> AsyncIterator[Ticket]:
+        """Announce a request that is reading its images; pass the ticket to `predict`."""
+        ticket = Ticket()
+        self._expected += 1
+        try:
+            yield ticket
+        finally:
+            if not ticket.handed_in:  # It failed before predicting: stop waiting for it.
+                self._expected -= 1
+                if self._expected == 0 and self._pending:
+                    self._flush()
+
+    async def predict(self, pixels: np.ndarray, ticket: Ticket | None = None) -> np.ndarray:
         """Class probabilities for an N×28×28 batch, computed together with its neighbours."""
+        if ticket is not None:
+            ticket.handed_in = True
+            self._expected -= 1
         loop = asyncio.get_running_loop()
         if self.max_wait <= 0:
             return await loop.run_in_executor(self.executor, self._run, pixels)
         future = loop.create_future()
         self._pending.append(_Pending(pixels, future))
         self._images += len(pixels)
-        if self._images >= self.max_batch:
+        if self._images >= self.max_batch or self._expected <= 0:
             self._flush()
         elif self._flush_handle is None:
             self._flush_handle = loop.call_later(self.max_wait, self._flush)

@@ -20,6 +20,8 @@ from service.training import load_model_bytes
 if TYPE_CHECKING:
     from service.batching import MicroBatcher
 
+ROTATABLE_FORMATS = frozenset({"JPEG", "MPO", "TIFF", "WEBP", "HEIF"})
+
 # Traced once at load, so the first requests of each common size pay no compilation.
 WARM_UP_BATCH_SIZES = (1, 8, 32)
 
@@ -47,7 +49,8 @@ def decode_image(data: bytes, *, max_pixels: int, invert: bool | None = None) ->
             # Reading the header is cheap; the pixels are decoded only below the limit.
             if image.width * image.height <= max_pixels:
                 image.draft("L", (IMAGE_SIZE * 2, IMAGE_SIZE * 2))
-                image = ImageOps.exif_transpose(image)
+                if image.format in ROTATABLE_FORMATS:  # Phone photos carry their rotation.
+                    image = ImageOps.exif_transpose(image)
                 image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageTooLargeError(f"{error}: scale the image down") from None

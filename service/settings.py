@@ -21,6 +21,12 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    api_workers: int = Field(
+        default=1, ge=1, description="API processes; each loads the models it serves."
+    )
+    access_log: bool = Field(
+        default=False, description="Log every request; off by default, it costs throughput."
+    )
 
     fashion_mnist_dir: Path | None = Field(
         default=None,

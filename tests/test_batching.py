@@ -1,6 +1,7 @@
 """Concurrent predictions for one model are answered by one padded, compiled call."""
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -38,8 +39,15 @@ def test_batches_are_padded_to_powers_of_two_up_to_the_maximum(count, expected):
 
 
 def run_concurrently(batcher: MicroBatcher, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """Requests that all arrive, then each hand in their images, as the API's do."""
+
+    async def request(pixels: np.ndarray) -> np.ndarray:
+        async with batcher.arriving() as ticket:
+            await asyncio.sleep(0)  # Reading the upload: the others arrive meanwhile.
+            return await batcher.predict(pixels, ticket)
+
     async def all_at_once():
-        return await asyncio.gather(*(batcher.predict(x) for x in inputs))
+        return await asyncio.gather(*(request(x) for x in inputs))
 
     return asyncio.run(all_at_once())
 
@@ -74,3 +82,41 @@ def test_zero_wait_turns_batching_off(model, dataset):
         model.calls.clear()
         run_concurrently(batcher, [images[i : i + 1] for i in range(5)])
     assert model.calls == [1, 1, 1, 1, 1]
+
+
+def test_a_lone_request_does_not_wait(model, dataset):
+    images = dataset.test_images[:1].astype(np.float32) / 255
+    with ThreadPoolExecutor(1) as executor:
+        batcher = MicroBatcher(model, max_wait=5.0, max_batch=64, executor=executor)
+        started = time.monotonic()
+        run_concurrently(batcher, [images])
+    assert time.monotonic() - started < 1.0
+
+
+def test_a_request_that_fails_before_predicting_does_not_hold_up_the_others(model, dataset):
+    images = dataset.test_images[:3].astype(np.float32) / 255
+
+    async def failing() -> None:
+        async with batcher.arriving():
+            await asyncio.sleep(0)
+            raise ValueError("undecodable image")
+
+    async def good(pixels: np.ndarray) -> np.ndarray:
+        async with batcher.arriving() as ticket:
+            await asyncio.sleep(0)
+            return await batcher.predict(pixels, ticket)
+
+    async def mixed():
+        return await asyncio.gather(
+            good(images[:1]), failing(), good(images[1:3]), return_exceptions=True
+        )
+
+    with ThreadPoolExecutor(1) as executor:
+        batcher = MicroBatcher(model, max_wait=5.0, max_batch=64, executor=executor)
+        model.calls.clear()
+        started = time.monotonic()
+        first, error, second = asyncio.run(mixed())
+    assert time.monotonic() - started < 1.0
+    assert isinstance(error, ValueError)
+    assert first.shape == (1, 10) and second.shape == (2, 10)
+    assert model.calls == [4]

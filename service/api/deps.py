@@ -10,7 +10,8 @@ from service.inference import ModelCache
 from service.settings import Settings
 
 
-def get_app_settings(request: Request) -> Settings:
+# Plain lookups are `async def` so FastAPI calls them inline rather than in a worker thread.
+async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -26,7 +27,7 @@ def get_read_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-def get_model_cache(request: Request) -> ModelCache:
+async def get_model_cache(request: Request) -> ModelCache:
     return request.app.state.model_cache
 
 

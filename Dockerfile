@@ -3,6 +3,8 @@ ARG BASE_IMAGE=python:3.12-slim-bookworm
 FROM ${BASE_IMAGE}
 
 ARG GPU=0
+# Where builds go through a TLS-inspecting proxy: the CA bundle pip should trust.
+ARG PIP_CERT
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -12,28 +14,28 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH
 
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends dataset-fashion-mnist python3-venv \
+    && apt-get install -y --no-install-recommends dataset-fashion-mnist \
     && rm -rf /var/lib/apt/lists/*
 
 RUN python3 -m venv $VIRTUAL_ENV
 WORKDIR /app
 
-# Dependencies first, so a change to the source rebuilds only the last layers.
-COPY pyproject.toml README.md ./
-RUN mkdir service && touch service/__init__.py \
+# Dependencies first, so a change to the source or the docs rebuilds only the last layers.
+COPY pyproject.toml ./
+RUN mkdir service && touch service/__init__.py README.md \
     && if [ "$GPU" = "1" ]; then pip install 'tensorflow[and-cuda]>=2.16' '.' ; \
        else pip install '.[tensorflow]'; fi \
-    && rm -rf service
+    && rm -rf service README.md
 
-COPY alembic.ini ./
-COPY migrations ./migrations
-COPY service ./service
-RUN pip install --no-deps .
-
+# What does not change with the code comes first, so a code change rebuilds three layers.
 RUN useradd --create-home --uid 10001 convlab && mkdir -p /app/data && chown convlab /app/data
-USER convlab
 ENV HOST=0.0.0.0 PORT=8000
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
     CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=2)"
 CMD ["python", "-m", "service", "api"]
+
+# The source last (.dockerignore keeps tests and benchmarks out).
+COPY . ./
+RUN pip install --no-deps .
+USER convlab

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 DATASET_DIR := /usr/share/datasets/fashion-mnist
 PG_VERSION = $(shell ls /etc/postgresql 2>/dev/null | head -n 1)
 
-.PHONY: setup dataset up test lint format postgres bench clean
+.PHONY: setup dataset up test docker-test lint format postgres bench clean
 
 setup: $(STAMP) dataset
 
@@ -40,6 +40,10 @@ test: setup postgres
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
+
+# Builds the image, runs the compose stack on host networking, trains, classifies, restarts.
+docker-test:
+	bash tests/docker/smoke.sh
 
 lint:
 	$(BIN)/ruff check .

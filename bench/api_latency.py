@@ -12,7 +12,6 @@ import argparse
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -21,15 +20,9 @@ import time
 from pathlib import Path
 
 import httpx2 as httpx
+from common import ROOT, free_port, wait_healthy
 
-ROOT = Path(__file__).resolve().parent.parent
 LONG_RUN = {"name": "load", "conv_layers": 2, "filters": 32, "epochs": 50, "device": "cpu"}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def measure(http: httpx.Client, path: str, seconds: float) -> dict:
@@ -70,12 +63,7 @@ def main() -> None:
         results = {}
         try:
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
-                for _ in range(600):
-                    try:
-                        http.get("/health")
-                        break
-                    except httpx.TransportError:
-                        time.sleep(0.1)
+                wait_healthy(f"http://127.0.0.1:{port}", api)
                 path = f"/experiments/{http.post('/experiments', json=LONG_RUN).json()['id']}"
                 results["no training"] = measure(http, path, args.seconds)
                 for nice in ("0", "10"):

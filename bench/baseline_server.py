@@ -16,18 +16,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from PIL import Image
 
-CLASS_NAMES = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-]
+from service.datasets import CLASS_NAMES
 
 
 def create_app(model_path: str) -> FastAPI:

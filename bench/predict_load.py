@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,12 +25,10 @@ import time
 from pathlib import Path
 
 import httpx2 as httpx
+from common import ROOT, free_port, train_through_service, wait_healthy
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from service.datasets import load_fashion_mnist  # noqa: E402
+from service.datasets import load_fashion_mnist
 
 BOUNDARY = "convlabbenchboundary"
 IMAGES = 64
@@ -90,24 +87,6 @@ def multipart(data: bytes) -> bytes:
     )
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_healthy(url: str, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"{url} exited"
-        try:
-            httpx.get(f"{url}/health", timeout=1)
-            return
-        except httpx.TransportError:
-            time.sleep(0.2)
-    raise RuntimeError(f"{url} never answered")
-
-
 def wait_idle(url: str) -> None:
     """Let a server finish the requests wrk left queued, so the next run starts clean."""
     deadline = time.monotonic() + 60
@@ -119,30 +98,12 @@ def wait_idle(url: str) -> None:
         time.sleep(0.2)
 
 
-def train_model(directory: Path, env: dict) -> Path:
-    from fastapi.testclient import TestClient
-
-    from service.api import create_app
-    from service.settings import Settings
-
-    subprocess.run([sys.executable, "-m", "service", "migrate"], cwd=ROOT, env=env, check=True)
-    with TestClient(
-        create_app(Settings(database_url=env["DATABASE_URL"], _env_file=None))
-    ) as client:
-        created = client.post("/experiments", json=SPEC).json()
-        subprocess.run(
-            [sys.executable, "-m", "service", "worker", "--device", "cpu", "--drain"],
-            cwd=ROOT,
-            env=env,
-            check=True,
-            capture_output=True,
-        )
-        body = client.get(f"/experiments/{created['id']}").json()
-        assert body["status"] == "succeeded", body
-        path = directory / "model.keras"
-        path.write_bytes(client.get(f"/experiments/{created['id']}/model").content)
+def train_model(directory: Path) -> tuple[Path, dict]:
+    body, model, env = train_through_service(SPEC, directory)
+    path = directory / "model.keras"
+    path.write_bytes(model)
     print(f"trained: test accuracy {body['test']['accuracy']:.3f}", flush=True)
-    return path
+    return path, env
 
 
 def wrk(url: str, script: Path, connections: int, seconds: int) -> dict:
@@ -203,8 +164,7 @@ def main() -> None:
     images = data.test_images[:IMAGES]
     with tempfile.TemporaryDirectory() as directory:
         directory = Path(directory)
-        env = {**os.environ, "DATABASE_URL": f"sqlite:///{directory / 'bench.db'}"}
-        model_path = train_model(directory, env)
+        model_path, env = train_model(directory)
         png_bodies = [multipart(png(image)) for image in images]
         write_script(directory / "png.lua", f"multipart/form-data; boundary={BOUNDARY}", png_bodies)
         json_bodies = [json.dumps({"instances": [image.tolist()]}).encode() for image in images]

@@ -23,8 +23,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common import ROOT, train_through_service
 
 BASELINE = r"""
 import json, sys, time
@@ -70,25 +69,7 @@ def run_baseline(spec: dict) -> list[float]:
 
 
 def run_service(spec: dict, directory: Path) -> list[float]:
-    from fastapi.testclient import TestClient
-
-    from service.api import create_app
-    from service.settings import Settings
-
-    url = f"sqlite:///{directory / 'bench.db'}"
-    env = {**os.environ, "DATABASE_URL": url}
-    subprocess.run([sys.executable, "-m", "service", "migrate"], cwd=ROOT, env=env, check=True)
-    with TestClient(create_app(Settings(database_url=url, _env_file=None))) as client:
-        created = client.post("/experiments", json=spec).json()
-        subprocess.run(
-            [sys.executable, "-m", "service", "worker", "--device", "cpu", "--drain"],
-            cwd=ROOT,
-            env=env,
-            check=True,
-            capture_output=True,
-        )
-        body = client.get(f"/experiments/{created['id']}").json()
-    assert body["status"] == "succeeded", body
+    body, _, _ = train_through_service(spec, directory)
     return [datetime.fromisoformat(e["finished_at"]).timestamp() for e in body["epochs"]]
 
 

@@ -77,7 +77,7 @@ def run_all() -> None:
             worker.wait()
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("api", help="serve the REST API on HOST:PORT")
@@ -86,7 +86,11 @@ def main(argv: list[str] | None = None) -> None:
     worker.add_argument("--drain", action="store_true", help="exit once the queue is empty")
     commands.add_parser("up", help="migrate, then run the API and one worker until Ctrl-C")
     commands.add_parser("migrate", help="upgrade the database schema to the newest revision")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

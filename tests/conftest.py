@@ -1,11 +1,15 @@
 """Shared fixtures: a migrated database per test, the API over httpx, an in-process worker."""
 
 import os
+import socket
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx2 as httpx
 import pytest
 from alembic import command
 from alembic.config import Config
@@ -39,6 +43,25 @@ TINY_SPEC = {
     "batch_size": 64,
     "seed": 1,
 }
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_api(base: str, process: subprocess.Popen, timeout: float = 60) -> None:
+    """Until the API started as `process` answers /health; fails if it exits first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            httpx.get(f"{base}/health", timeout=1)
+            return
+        except httpx.TransportError:
+            assert process.poll() is None, "the API process exited"
+            assert time.monotonic() < deadline, "the API never answered"
+            time.sleep(0.2)
 
 
 def upgrade(database_url: str) -> None:

@@ -9,8 +9,7 @@ import time
 
 import httpx2 as httpx
 
-from tests.conftest import ROOT, SQLITE_ONLY
-from tests.test_cli import free_port
+from tests.conftest import ROOT, SQLITE_ONLY, free_port, wait_for_api
 
 SOAK_SECONDS = float(os.environ.get("CONVLAB_SOAK_SECONDS", "20"))
 TINY = {"conv_layers": 1, "filters": 4, "epochs": 2, "train_samples": 64, "batch_size": 32}
@@ -43,14 +42,7 @@ def test_api_and_workers_share_sqlite_without_database_is_locked(settings, tmp_p
     created: list[int] = []
     lock = threading.Lock()
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(f"{base}/health", timeout=1)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "the API never answered"
-                time.sleep(0.2)
+        wait_for_api(base, processes[0])
 
         def client_loop() -> None:
             end = time.monotonic() + SOAK_SECONDS
@@ -76,6 +68,14 @@ def test_api_and_workers_share_sqlite_without_database_is_locked(settings, tmp_p
             thread.start()
         for thread in clients:
             thread.join()
+        # The workers keep writing while the API reads, until a few runs have finished.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            page = httpx.get(f"{base}/experiments", params={"status": "succeeded"}, timeout=30)
+            statuses.append(page.status_code)
+            if page.json()["total"] >= 3:
+                break
+            time.sleep(0.5)
     finally:
         for process in processes:
             process.send_signal(signal.SIGTERM)

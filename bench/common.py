@@ -1,0 +1,60 @@
+"""What the benchmarks share: ports, waiting for a server, one run through the service."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx2 as httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server for {url} exited")
+        try:
+            httpx.get(f"{url}/health", timeout=1)
+            return
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} never answered")
+
+
+def train_through_service(spec: dict, directory: Path) -> tuple[dict, bytes, dict]:
+    """Migrate a fresh SQLite database, POST the spec, drain it with a real worker process.
+
+    Returns the finished experiment, its `.keras` file and the environment that reaches it.
+    """
+    from fastapi.testclient import TestClient
+
+    from service.api import create_app
+    from service.settings import Settings
+
+    url = f"sqlite:///{directory / 'bench.db'}"
+    env = {**os.environ, "DATABASE_URL": url}
+    subprocess.run([sys.executable, "-m", "service", "migrate"], cwd=ROOT, env=env, check=True)
+    with TestClient(create_app(Settings(database_url=url, _env_file=None))) as client:
+        created = client.post("/experiments", json=spec).json()
+        subprocess.run(
+            [sys.executable, "-m", "service", "worker", "--device", "cpu", "--drain"],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        body = client.get(f"/experiments/{created['id']}").json()
+        assert body["status"] == "succeeded", body
+        model = client.get(f"/experiments/{created['id']}/model").content
+    return body, model, env

@@ -8,8 +8,12 @@ cd "$(dirname "$0")/../.."
 PROJECT=convlabtest
 API=http://127.0.0.1:18000
 BASE_IMAGE=${BASE_IMAGE:-convlab-base:bookworm}
-COMPOSE=(docker-compose -p "$PROJECT" -f docker-compose.yml -f tests/docker/compose.host.yml)
-command -v docker-compose >/dev/null || COMPOSE=(docker compose -p "$PROJECT" -f docker-compose.yml -f tests/docker/compose.host.yml)
+COMPOSE_CLI=(docker-compose)
+command -v docker-compose >/dev/null || COMPOSE_CLI=(docker compose)
+# Host networking cannot publish ports, and an override can only add to `ports`: merge the
+# files, then drop them.
+MERGED=$(mktemp --suffix=.yml)
+COMPOSE=("${COMPOSE_CLI[@]}" -p "$PROJECT" -f "$MERGED")
 
 step() { printf '\n==> %s\n' "$*"; }
 fail() { printf '\nFAILED: %s\n' "$*" >&2; "${COMPOSE[@]}" logs --tail 50 >&2 || true; exit 1; }
@@ -48,9 +52,17 @@ docker build --network host --build-arg BASE_IMAGE="$BASE_IMAGE" \
   -t convlab-test-postgres:latest -f tests/docker/postgres.Dockerfile tests/docker | tail -n 2 \
   || fail "docker build postgres"
 
-cleanup() { "${COMPOSE[@]}" down -v --remove-orphans >/dev/null 2>&1 || true; }
-trap cleanup EXIT
-cleanup
+step "Compose file: docker-compose.yml + tests/docker/compose.host.yml, without published ports"
+"${COMPOSE_CLI[@]}" -f docker-compose.yml -f tests/docker/compose.host.yml config \
+  | python3 -c 'import sys, yaml
+document = yaml.safe_load(sys.stdin)
+for service in document["services"].values():
+    service.pop("ports", None)
+yaml.safe_dump(document, sys.stdout)' >"$MERGED" || fail "compose config"
+
+down_all() { "${COMPOSE[@]}" down -v --remove-orphans >/dev/null 2>&1 || true; }
+trap 'down_all; rm -f "$MERGED"' EXIT
+down_all
 
 wait_for_api() {
   for _ in $(seq 120); do curl -fsS "$API/health" >/dev/null 2>&1 && return 0; sleep 1; done
@@ -102,6 +114,5 @@ predict || fail "POST /predict after restart"
 rm -f "$png"
 
 step "Shut down (volumes removed)"
-cleanup
-trap - EXIT
+down_all
 echo "docker-test passed"

@@ -3,12 +3,15 @@
 import gzip
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psycopg
 from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
 
 from service.models import EpochMetric, TrainedModel
 from tests.conftest import POSTGRESQL_ONLY, ROOT, submit
@@ -209,7 +212,7 @@ def test_stalled_worker_cannot_write_after_takeover_and_stops_itself(client):
     created = submit(client, epochs=6, train_samples=3000, batch_size=16)
     stalled = start_worker(client.app.state.settings)
     wait_for(epochs_done(client, created, 1))
-    stalled.send_signal(signal.SIGSTOP)
+    stop_outside_a_transaction(stalled, client.app.state.settings.database_url, created["id"])
     rescuer = start_worker(client.app.state.settings)
     try:
         wait_for(lambda: len(get(client, created)["attempts"]) == 2)
@@ -227,6 +230,45 @@ def test_stalled_worker_cannot_write_after_takeover_and_stops_itself(client):
     assert body["attempts"][0]["outcome"] == "lost"
     assert body["attempts"][1]["outcome"] == "succeeded"
     assert body["attempts"][1]["worker_id"] != body["attempts"][0]["worker_id"]
+
+
+def stop_outside_a_transaction(process: subprocess.Popen, database_url: str, row: int) -> None:
+    """SIGSTOP the worker at a moment it holds no lock on the experiment.
+
+    A process frozen inside a write transaction keeps its locks (SQLite's whole database,
+    PostgreSQL's row) from everyone: that is the database's behaviour, not what the fencing
+    test is about.
+    """
+    for _ in range(50):
+        process.send_signal(signal.SIGSTOP)
+        if _row_is_free(database_url, row):
+            return
+        process.send_signal(signal.SIGCONT)
+        time.sleep(0.05)
+    raise AssertionError("never caught the worker outside a transaction")
+
+
+def _row_is_free(database_url: str, row: int) -> bool:
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        connection = sqlite3.connect(url.database, timeout=0.5, isolation_level=None)
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            connection.execute("ROLLBACK")
+            return True
+        except sqlite3.OperationalError:
+            return False
+        finally:
+            connection.close()
+    conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(conninfo) as connection:
+        try:
+            connection.execute("SELECT id FROM experiments WHERE id = %s FOR UPDATE NOWAIT", [row])
+            return True
+        except psycopg.errors.LockNotAvailable:
+            return False
+        finally:
+            connection.rollback()
 
 
 def test_cancel_running_stops_within_seconds_and_keeps_finished_epochs(client):

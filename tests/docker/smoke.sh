@@ -103,10 +103,17 @@ predict() {
 }
 predict || fail "POST /predict"
 
-step "docker compose down, then up: the experiment and its model are still there"
+step "docker compose down, then up with two workers: the experiment and its model are still there"
 "${COMPOSE[@]}" down || fail "compose down"
-"${COMPOSE[@]}" up -d --no-build || fail "compose up again"
+"${COMPOSE[@]}" up -d --no-build --scale worker=2 || fail "compose up again"
 wait_for_api
+for _ in $(seq 60); do
+  alive=$(curl -fsS "$API/workers" | python3 -c 'import json, sys; print(sum(w["alive"] for w in json.load(sys.stdin)))')
+  [ "$alive" = 2 ] && break
+  sleep 1
+done
+[ "$alive" = 2 ] || fail "expected 2 alive workers, found $alive"
+echo "workers alive: $alive"
 after=$(curl -fsS "$API/experiments/$id" | python3 -c 'import json, sys; b = json.load(sys.stdin); print(b["status"], b["model"]["sha256"])')
 echo "after restart: $after"
 [ "${after%% *}" = succeeded ] || fail "experiment $id lost its state"

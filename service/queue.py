@@ -137,19 +137,48 @@ def claim_next_experiment(
     return Claim(row.id, token, number, ExperimentSpec.model_validate(row.spec))
 
 
+def _held_by(claim: Claim):
+    """The rows this claim still holds: its experiment, with its token, while running."""
+    return (
+        Experiment.id == claim.experiment_id,
+        Experiment.claim_token == claim.token,
+        Experiment.status == ExperimentStatus.RUNNING,
+    )
+
+
 def _fenced_update(session: Session, claim: Claim, **values: Any) -> bool:
     """Update the claimed experiment only while this claim still holds it."""
     result = session.execute(
         update(Experiment)
-        .where(
-            Experiment.id == claim.experiment_id,
-            Experiment.claim_token == claim.token,
-            Experiment.status == ExperimentStatus.RUNNING,
-        )
+        .where(*_held_by(claim))
         .values(**values)
         .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1
+
+
+def _finish(
+    session: Session,
+    claim: Claim,
+    status: ExperimentStatus,
+    outcome: AttemptOutcome,
+    *,
+    error: str | None = None,
+    **values: Any,
+) -> bool:
+    """End the run in a final status and close its attempt, only while the claim holds."""
+    if not _fenced_update(
+        session,
+        claim,
+        status=status,
+        finished_at=db_now(_dialect(session)),
+        claim_token=None,
+        **({"error": error} if error is not None else {}),
+        **values,
+    ):
+        return False
+    _end_attempt(session, claim, outcome, error)
+    return True
 
 
 def _end_attempt(session: Session, claim: Claim, outcome: AttemptOutcome, error: str | None = None):
@@ -245,16 +274,15 @@ def record_epoch(
 def complete(session_factory: sessionmaker[Session], claim: Claim, result: TrainingResult) -> bool:
     """Store the test metrics and the model and mark the experiment `succeeded`, atomically."""
     with transaction(session_factory) as session:
-        if not _fenced_update(
+        if not _finish(
             session,
             claim,
-            status=ExperimentStatus.SUCCEEDED,
-            finished_at=db_now(_dialect(session)),
+            ExperimentStatus.SUCCEEDED,
+            AttemptOutcome.SUCCEEDED,
             test_loss=result.test_loss,
             test_accuracy=result.test_accuracy,
             stopped_early=result.stopped_early,
             stop_reason=result.stop_reason,
-            claim_token=None,
         ):
             return False
         session.add(
@@ -266,39 +294,19 @@ def complete(session_factory: sessionmaker[Session], claim: Claim, result: Train
             )
         )
         session.execute(delete(Checkpoint).where(Checkpoint.experiment_id == claim.experiment_id))
-        _end_attempt(session, claim, AttemptOutcome.SUCCEEDED)
         return True
 
 
 def fail(session_factory: sessionmaker[Session], claim: Claim, *, error: str) -> bool:
     """Mark the experiment `failed` with a readable reason; no retry."""
     with transaction(session_factory) as session:
-        if not _fenced_update(
-            session,
-            claim,
-            status=ExperimentStatus.FAILED,
-            finished_at=db_now(_dialect(session)),
-            error=error,
-            claim_token=None,
-        ):
-            return False
-        _end_attempt(session, claim, AttemptOutcome.FAILED, error)
-        return True
+        return _finish(session, claim, ExperimentStatus.FAILED, AttemptOutcome.FAILED, error=error)
 
 
 def finish_cancelled(session_factory: sessionmaker[Session], claim: Claim) -> bool:
     """A running experiment stopped on request; it keeps the epochs it finished."""
     with transaction(session_factory) as session:
-        if not _fenced_update(
-            session,
-            claim,
-            status=ExperimentStatus.CANCELLED,
-            finished_at=db_now(_dialect(session)),
-            claim_token=None,
-        ):
-            return False
-        _end_attempt(session, claim, AttemptOutcome.CANCELLED)
-        return True
+        return _finish(session, claim, ExperimentStatus.CANCELLED, AttemptOutcome.CANCELLED)
 
 
 def _requeue_values() -> dict[str, Any]:
@@ -374,18 +382,16 @@ def recover_expired_leases(
                     Experiment.heartbeat_at < db_now(dialect, seconds=-lease_seconds),
                 )
                 .values(
-                    status=case(
-                        (cancelled, ExperimentStatus.CANCELLED.value),
-                        (exhausted, ExperimentStatus.FAILED.value),
-                        else_=ExperimentStatus.QUEUED.value,
-                    ),
-                    finished_at=case((cancelled | exhausted, now), else_=None),
-                    error=case((exhausted & ~cancelled, lost), else_=None),
-                    claim_token=None,
-                    worker_id=None,
-                    heartbeat_at=None,
-                    progress_epoch=None,
-                    progress_step=None,
+                    {
+                        **_requeue_values(),
+                        "status": case(
+                            (cancelled, ExperimentStatus.CANCELLED.value),
+                            (exhausted, ExperimentStatus.FAILED.value),
+                            else_=ExperimentStatus.QUEUED.value,
+                        ),
+                        "finished_at": case((cancelled | exhausted, now), else_=None),
+                        "error": case((exhausted & ~cancelled, lost), else_=None),
+                    }
                 )
                 .returning(Experiment.id)
                 .execution_options(synchronize_session=False)

@@ -11,6 +11,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Keep TensorFlow's C++ start-up chatter out.
 
 from service.settings import get_settings
+from service.threads import limit_backend_threads
 
 ROOT = Path(__file__).resolve().parent.parent
 # Beyond the worker's own grace period, before `up` kills a worker that will not stop.
@@ -34,6 +35,8 @@ def run_api() -> None:
     from service.api import create_app
 
     settings = get_settings()
+    # Before any model runs, in this process and in the API processes it starts.
+    limit_backend_threads(settings.inference_threads)
     options = {"host": settings.host, "port": settings.port, "access_log": settings.access_log}
     if settings.api_workers > 1:
         # Several processes need the app by name: each builds its own from the environment.

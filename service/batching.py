@@ -1,10 +1,12 @@
 """Request-level micro-batching: concurrent predictions for one model become one call.
 
-Like TensorFlow Serving's batching, with one refinement for latency: requests announce
-themselves when they start (`arriving`), so a batch is sent as soon as every announced request
-has its images ready, at `max_batch` images, or after `max_wait` at the latest. A lone request
-therefore never waits, and under load the requests that arrive together share one call. The
-batch is padded to a power of two so the compiled function is not retraced per size.
+Like TensorFlow Serving's batching, with two refinements for latency. While the model is busy,
+requests that hand in their images queue up, and the next call takes them all as soon as it is
+free: under load the batch grows by itself to what arrived during one call, with no fixed wait.
+While the model is idle, requests announce themselves when they start (`arriving`), so a batch
+is sent as soon as every announced request has its images ready, at `max_batch` images, or
+after `max_wait` at the latest; a lone request therefore never waits. Each batch is padded to a
+power of two so the compiled function is not retraced per size.
 """
 
 import asyncio
@@ -12,7 +14,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -33,6 +35,11 @@ class Ticket:
     """A request's place in the batcher's count of images still to come."""
 
     handed_in: bool = False
+
+
+class Answer(NamedTuple):
+    probabilities: np.ndarray
+    batch_images: int  # How many images, this request's included, shared the model call.
 
 
 @dataclass
@@ -60,6 +67,7 @@ class MicroBatcher:
         self._images = 0
         self._expected = 0  # Requests announced that have not handed in their images yet.
         self._flush_handle: asyncio.TimerHandle | None = None
+        self._running = False
 
     @asynccontextmanager
     async def arriving(self) -> AsyncIterator[Ticket]:
@@ -71,35 +79,49 @@ class MicroBatcher:
         finally:
             if not ticket.handed_in:  # It failed before predicting: stop waiting for it.
                 self._expected -= 1
-                if self._expected == 0 and self._pending:
-                    self._flush()
+                self._consider()
 
-    async def predict(self, pixels: np.ndarray, ticket: Ticket | None = None) -> np.ndarray:
+    async def predict(self, pixels: np.ndarray, ticket: Ticket | None = None) -> Answer:
         """Class probabilities for an N×28×28 batch, computed together with its neighbours."""
         if ticket is not None:
             ticket.handed_in = True
             self._expected -= 1
         loop = asyncio.get_running_loop()
         if self.max_wait <= 0:
-            return await loop.run_in_executor(self.executor, self._run, pixels)
+            probabilities = await loop.run_in_executor(self.executor, self._run, pixels)
+            return Answer(probabilities, len(pixels))
         future = loop.create_future()
         self._pending.append(_Pending(pixels, future))
         self._images += len(pixels)
+        self._consider()
+        return await future
+
+    def _consider(self) -> None:
+        """Send a batch if the model is free and waiting would not add to it."""
+        if self._running or not self._pending:
+            return  # A busy model sends the queued requests when its call returns.
         if self._images >= self.max_batch or self._expected <= 0:
             self._flush()
         elif self._flush_handle is None:
-            self._flush_handle = loop.call_later(self.max_wait, self._flush)
-        return await future
+            self._flush_handle = asyncio.get_running_loop().call_later(self.max_wait, self._flush)
 
     def _flush(self) -> None:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        batch, self._pending, self._images = self._pending, [], 0
-        if batch:
-            asyncio.get_running_loop().create_task(self._answer(batch))
+        if not self._pending:
+            return
+        taken, images = 0, 0
+        for item in self._pending:
+            if taken and images + len(item.pixels) > self.max_batch:
+                break
+            taken, images = taken + 1, images + len(item.pixels)
+        batch, self._pending = self._pending[:taken], self._pending[taken:]
+        self._images -= images
+        self._running = True
+        asyncio.get_running_loop().create_task(self._answer(batch, images))
 
-    async def _answer(self, batch: list[_Pending]) -> None:
+    async def _answer(self, batch: list[_Pending], images: int) -> None:
         loop = asyncio.get_running_loop()
         stacked = np.concatenate([item.pixels for item in batch])
         try:
@@ -108,13 +130,17 @@ class MicroBatcher:
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(error)
-            return
-        start = 0
-        for item in batch:
-            end = start + len(item.pixels)
-            if not item.future.done():
-                item.future.set_result(probabilities[start:end])
-            start = end
+        else:
+            start = 0
+            for item in batch:
+                end = start + len(item.pixels)
+                if not item.future.done():
+                    item.future.set_result(Answer(probabilities[start:end], images))
+                start = end
+        finally:
+            self._running = False
+        if self._pending:  # They waited for this call already.
+            self._flush()
 
     def _run(self, pixels: np.ndarray) -> np.ndarray:
         count = len(pixels)

@@ -68,6 +68,12 @@ class Settings(BaseSettings):
         default=2.0, ge=0, description="How long to gather predict requests; 0 turns it off."
     )
     batch_max_images: int = Field(default=64, ge=1)
+    inference_threads: int = Field(
+        default=1,
+        ge=0,
+        description="Compute threads each API process gives its models; 0: all cores. "
+        "Batches are small, and the cores serve requests better than a wider model call.",
+    )
 
     worker_nice: int = Field(
         default=10,

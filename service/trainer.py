@@ -15,6 +15,8 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
 
+from service.threads import limit_backend_threads
+
 PARENT_CHECK_SECONDS = 1.0
 # How often the child's watcher thread copies the stop requests into plain flags: reading a
 # process-shared event or asking for the parent's pid on every batch slows training down.
@@ -166,9 +168,7 @@ def _serve(
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # Training yields the CPU to an API on the same machine; both knobs act before Keras loads.
     os.nice(nice)
-    if threads:
-        for variable in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
-            os.environ[variable] = str(threads)
+    limit_backend_threads(threads)
 
     from service.datasets import load_fashion_mnist
     from service.schemas import ExperimentSpec

@@ -1,6 +1,7 @@
 """Concurrent predictions for one model are answered by one padded, compiled call."""
 
 import asyncio
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -62,8 +63,51 @@ def test_concurrent_requests_share_one_call_and_get_their_own_answers(model, dat
     assert model.calls == [32]  # 20 requests, one call, padded to 32.
     alone = model.model.predict_on_batch(images[..., np.newaxis])
     for index, answer in enumerate(answers):
-        assert answer.shape == (1, 10)
-        np.testing.assert_allclose(answer[0], alone[index], atol=1e-5)
+        assert answer.probabilities.shape == (1, 10) and answer.batch_images == 20
+        np.testing.assert_allclose(answer.probabilities[0], alone[index], atol=1e-5)
+
+
+class GatedModel(RecordingModel):
+    """Holds every call until the gate opens, so that requests pile up meanwhile."""
+
+    started: threading.Event
+    gate: threading.Event
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        self.started.set()
+        self.gate.wait(10)
+        return super().predict(pixels)
+
+
+def test_requests_that_arrive_while_the_model_is_busy_share_its_next_call(model, dataset):
+    """As in the API: each request arrives and hands in its image in one step, one after another.
+
+    Nobody is left "in flight" between them, so only the busy model can gather them.
+    """
+    gated = GatedModel(1, "sha", model.model, size_bytes=0)
+    gated.calls, gated.started, gated.gate = [], threading.Event(), threading.Event()
+    images = dataset.test_images[:10].astype(np.float32) / 255
+
+    async def request(pixels: np.ndarray):
+        async with batcher.arriving() as ticket:
+            return await batcher.predict(pixels, ticket)
+
+    async def scenario():
+        first = asyncio.create_task(request(images[:1]))
+        await asyncio.get_running_loop().run_in_executor(None, gated.started.wait, 10)
+        rest = [asyncio.create_task(request(images[i : i + 1])) for i in range(1, 10)]
+        await asyncio.sleep(0.05)  # Long enough for all nine to hand in their images.
+        gated.gate.set()
+        return await asyncio.gather(first, *rest)
+
+    with ThreadPoolExecutor(1) as executor:
+        batcher = MicroBatcher(gated, max_wait=5.0, max_batch=64, executor=executor)
+        answers = asyncio.run(scenario())
+    assert gated.calls == [1, 16]  # The nine that waited went together, padded to 16.
+    assert [answer.batch_images for answer in answers] == [1] + [9] * 9
+    alone = model.model.predict_on_batch(images[..., np.newaxis])
+    for index, answer in enumerate(answers):
+        np.testing.assert_allclose(answer.probabilities[0], alone[index], atol=1e-5)
 
 
 def test_a_full_batch_is_sent_without_waiting(model, dataset):
@@ -118,5 +162,5 @@ def test_a_request_that_fails_before_predicting_does_not_hold_up_the_others(mode
         first, error, second = asyncio.run(mixed())
     assert time.monotonic() - started < 1.0
     assert isinstance(error, ValueError)
-    assert first.shape == (1, 10) and second.shape == (2, 10)
+    assert first.probabilities.shape == (1, 10) and second.probabilities.shape == (2, 10)
     assert model.calls == [4]

@@ -1,7 +1,9 @@
 """The model cache: bounded by count and bytes, reloads changed models, never blocks others."""
 
+import gc
 import threading
 import time
+import weakref
 
 import numpy as np
 
@@ -71,3 +73,15 @@ def test_loading_one_model_does_not_stall_requests_for_another():
     assert time.monotonic() - started < 0.2
     loader.join()
     assert cache.cached_ids() == [1, 2]
+
+
+def test_loaded_models_stay_out_of_collections_and_evicted_ones_are_freed():
+    data = keras_file(1)
+    cache = ModelCache(capacity=1, max_bytes=10**9)
+    first = weakref.ref(cache.get(1, "a", lambda: data).model)
+    # Frozen: the collector's full passes no longer walk the loaded model and its backend.
+    assert first() is not None and gc.get_freeze_count() > 0
+    cache.get(2, "a", lambda: data)
+    # Keras models are full of reference cycles: only a collection frees an evicted one, and
+    # a model left frozen would never be collected.
+    assert first() is None

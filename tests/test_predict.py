@@ -2,7 +2,14 @@
 
 import base64
 import io
+import os
+import re
+import statistics
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 
+import httpx2 as httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -12,16 +19,22 @@ from service.api import create_app
 from service.db import create_db_engine, create_session_factory
 from service.settings import Settings
 from service.worker import Worker
-from tests.conftest import upgrade
+from tests.conftest import ROOT, free_port, upgrade, wait_for_api
 
 SAMPLE = 200
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One experiment trained on 3,000 images, served by a client with a small upload limit."""
+def predict_database(tmp_path_factory) -> str:
     url = f"sqlite:///{tmp_path_factory.mktemp('predict') / 'test.db'}"
     upgrade(url)
+    return url
+
+
+@pytest.fixture(scope="module")
+def trained(predict_database):
+    """One experiment trained on 3,000 images, served by a client with a small upload limit."""
+    url = predict_database
     settings = Settings(
         database_url=url, max_upload_bytes=2_000_000, max_image_pixels=4_000_000, _env_file=None
     )
@@ -152,6 +165,16 @@ def test_bad_inputs_get_clear_errors(trained, kwargs, status, message):
     assert message in response.json()["detail"]
 
 
+def test_a_body_without_a_declared_length_is_cut_off_at_the_limit(trained):
+    client, _ = trained
+    """A chunked upload declares no length: reading stops with a 413 once it passes the limit."""
+    limit = client.app.state.settings.max_upload_bytes
+    chunks = iter([b"\x89PNG" + b"0" * 1024 * 1024] * (limit // (1024 * 1024) + 2))
+    response = client.post("/predict", content=chunks, headers={"content-type": "image/png"})
+    assert response.status_code == 413, response.text
+    assert f"over the {limit:,}-byte limit" in response.json()["detail"]
+
+
 def test_image_with_too_many_pixels_is_413_before_decoding(trained):
     client, _ = trained
     buffer = io.BytesIO()
@@ -189,3 +212,38 @@ def test_model_download_is_the_stored_keras_file(trained):
     assert response.status_code == 200
     assert response.content[:2] == b"PK"
     assert len(response.content) == experiment["model"]["size_bytes"]
+
+
+def test_concurrent_clients_over_http_share_model_calls(trained, predict_database, dataset):
+    """A real API process: requests that arrive while the model is busy join its next call."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service", "api"],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": predict_database, "PORT": str(port)},
+    )
+    uploads = [png_bytes(image) for image in dataset.test_images[:64]]
+
+    def client(offset: int) -> list[int]:
+        batch_sizes = []
+        with httpx.Client(base_url=base, timeout=30) as http:
+            for index in range(offset, offset + 30):
+                image = uploads[index % len(uploads)]
+                response = http.post("/predict", files={"image": ("x.png", image, "image/png")})
+                assert response.status_code == 200, response.text
+                timing = response.headers["server-timing"]
+                batch_sizes.append(int(re.search(r'desc="batch of (\d+)"', timing).group(1)))
+        return batch_sizes
+
+    try:
+        wait_for_api(base, process)
+        with ThreadPoolExecutor(16) as pool:
+            batch_sizes = [size for sizes in pool.map(client, range(16)) for size in sizes]
+    finally:
+        process.terminate()
+        process.wait(30)
+    assert len(batch_sizes) == 16 * 30
+    # Arrivals during a model call wait for the next one and share it; before, each request
+    # that found nobody else in flight was sent alone, and the median request ran alone.
+    assert statistics.median(batch_sizes) > 1, sorted(batch_sizes)

@@ -11,7 +11,7 @@ from sqlalchemy.exc import OperationalError
 from service.api import experiments, predict, workers
 from service.api.predict import ModelResolver
 from service.db import create_db_engine, create_session_factory
-from service.inference import ModelCache
+from service.inference import ModelCache, freeze_heap
 from service.settings import Settings, get_settings
 
 DATABASE_RETRY_AFTER_SECONDS = 2
@@ -33,6 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.model_resolver = ModelResolver(settings.model_check_seconds)
         # One thread runs the models: the backend's own threads already use every core.
         app.state.inference_executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
+        freeze_heap()
         yield
         app.state.inference_executor.shutdown()
         engine.dispose()

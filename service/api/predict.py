@@ -10,11 +10,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.deps import ModelCacheDep, SettingsDep
 from service.api.experiments import get_experiment_or_404
+from service.api.uploads import MalformedMultipartError, multipart_field, read_body
 from service.architecture import IMAGE_SIZE
 from service.batching import MicroBatcher
 from service.inference import (
@@ -49,42 +48,27 @@ def _unprocessable(message: str) -> HTTPException:
 
 async def _read_images(request: Request, settings: Settings, invert: bool | None) -> np.ndarray:
     """The request's images as one N×28×28 batch scaled to [0, 1]."""
-    limit = settings.max_upload_bytes
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise _payload_too_large(f"the upload is {int(declared):,} bytes, over the {limit:,} limit")
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-
+    content_type = request.headers.get("content-type", "")
+    media_type = content_type.split(";")[0].strip().lower()
+    if media_type not in ("multipart/form-data", "application/json") and not (
+        media_type.startswith("image/")
+    ):
+        raise HTTPException(
+            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+            f"content type {media_type or 'missing'!r} is not supported: send {MEDIA_TYPES}",
+        )
+    body = await read_body(request, settings.max_upload_bytes)
     if media_type == "multipart/form-data":
         try:
-            async with request.form(max_files=1, max_fields=4, max_part_size=limit) as form:
-                upload = form.get("image")
-                if not isinstance(upload, UploadFile):
-                    raise _unprocessable("send the picture as a multipart file field named 'image'")
-                data = await upload.read()
-        except StarletteHTTPException as error:
-            if isinstance(error, HTTPException):
-                raise
-            # Starlette reports every multipart failure as a 400; an oversized part is a 413.
-            if "maximum size" in str(error.detail):
-                raise _payload_too_large(
-                    f"{error.detail} Uploads are limited to {limit:,} bytes"
-                ) from None
-            raise _unprocessable(f"malformed multipart body: {error.detail}") from None
-        return await _decode([data], settings, invert)
-
-    body = await request.body()
-    if len(body) > limit:
-        raise _payload_too_large(f"the upload is {len(body):,} bytes, over the {limit:,} limit")
-    if media_type.startswith("image/"):
-        return await _decode([body], settings, invert)
+            image = multipart_field(body, content_type, "image")
+        except MalformedMultipartError as error:
+            raise _unprocessable(f"malformed multipart body: {error}") from None
+        if image is None:
+            raise _unprocessable("send the picture as a multipart file field named 'image'")
+        return await _decode([image], settings, invert)
     if media_type == "application/json":
-        instances = _instances(body, settings)
-        return await _decode(instances, settings, invert)
-    raise HTTPException(
-        status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
-        f"content type {media_type or 'missing'!r} is not supported: send {MEDIA_TYPES}",
-    )
+        return await _decode(_instances(body, settings), settings, invert)
+    return await _decode([body], settings, invert)
 
 
 def _instances(body: bytes, settings: Settings) -> list:
@@ -232,18 +216,18 @@ async def predict(
     async with loaded.batcher.arriving() as ticket:
         pixels = await _read_images(request, settings, invert)
         decoded = time.perf_counter()
-        probabilities = await loaded.batcher.predict(pixels, ticket)
+        answer = await loaded.batcher.predict(pixels, ticket)
     finished = time.perf_counter()
     body = {
         "experiment_id": chosen_id,
         "model_selection": "requested" if experiment_id is not None else "latest_succeeded",
-        "predictions": describe(probabilities),
+        "predictions": describe(answer.probabilities),
     }
     # Built by hand, not validated again: FastAPI's response_model pass would double the work.
     return JSONResponse(
         body,
         headers={
             "Server-Timing": f"read;dur={(decoded - started) * 1000:.2f}, "
-            f"model;dur={(finished - decoded) * 1000:.2f}"
+            f'model;dur={(finished - decoded) * 1000:.2f};desc="batch of {answer.batch_images}"'
         },
     )

@@ -1,0 +1,90 @@
+"""Reading an upload: a body bounded in size, and one field out of a multipart form.
+
+Starlette's `request.form()` spools every file part through a temporary file and builds a form
+object; for a 28×28 PNG that was about 100 µs of the event loop's time per request. Parsing
+the bounded body with python-multipart's own parser costs about 13 µs.
+"""
+
+from fastapi import HTTPException, Request, status
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+
+class MalformedMultipartError(ValueError):
+    """The body does not follow the multipart/form-data format its content type announces."""
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refused with a 413 as soon as it grows past `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            f"the upload is {int(declared):,} bytes, over the {limit:,} limit",
+        )
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:  # A chunked body declares no length; stop reading it here.
+            raise HTTPException(
+                status.HTTP_413_CONTENT_TOO_LARGE,
+                f"the upload is over the {limit:,}-byte limit",
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def multipart_field(body: bytes, content_type: str, name: str) -> bytes | None:
+    """The content of the form field called `name`, or None when the form has no such field."""
+    _, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise MalformedMultipartError("the content type names no boundary")
+    wanted = name.encode()
+    parts: list[tuple[bytes | None, list[bytes]]] = []
+    header = [b"", b""]  # The header being read: its name, then its value.
+    ended = False
+
+    def on_part_begin() -> None:
+        parts.append((None, []))
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        header[0] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        header[1] += data[start:end]
+
+    def on_header_end() -> None:
+        if header[0].strip().lower() == b"content-disposition":
+            _, parameters = parse_options_header(header[1])
+            parts[-1] = (parameters.get(b"name"), parts[-1][1])
+        header[0] = header[1] = b""
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        parts[-1][1].append(data[start:end])
+
+    def on_end() -> None:
+        nonlocal ended
+        ended = True
+
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_part_begin": on_part_begin,
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_part_data": on_part_data,
+            "on_end": on_end,
+        },
+    )
+    try:
+        parser.write(body)
+    except MultipartParseError as error:
+        raise MalformedMultipartError(str(error)) from None
+    if not ended:
+        raise MalformedMultipartError("the body ends before its closing boundary")
+    for field, chunks in parts:
+        if field == wanted:
+            return b"".join(chunks)
+    return None

@@ -57,6 +57,7 @@ bench: setup
 	command -v wrk >/dev/null || apt-get install -y -q wrk
 	$(BIN)/python bench/train_overhead.py --repeats 5
 	$(BIN)/python bench/predict_load.py
+	$(BIN)/python bench/upload_parsing.py
 	$(BIN)/python bench/api_latency.py
 
 clean:

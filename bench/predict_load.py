@@ -1,21 +1,25 @@
 """Predictions under load: the service against FastAPI + `model.predict` per request.
 
 In one run on this machine: train the study's 2-conv network through the service, export its
-`.keras` file, start the service's API and the baseline (bench/baseline_server.py, same
-model file), and drive both over loopback with wrk at 1, 8 and 32 concurrent connections,
+`.keras` file, start the baseline (bench/baseline_server.py, same model file) and then the
+service's API, and drive each over loopback with wrk at 1, 8 and 32 concurrent connections,
 sending real Fashion-MNIST test images as multipart PNG uploads and as JSON arrays. Every run
-is bounded by --seconds. Each request carries one image, so requests/s = images/s. Then a
-breakdown of the service's request time from its
-Server-Timing header. Needs wrk (`apt-get install wrk`; `make bench` installs it).
+is bounded by --seconds. Each request carries one image, so requests/s = images/s. Then, at 32
+connections: the service with batching off and with the model given every core (what two of
+its settings change), how many images a request's model call held, and a breakdown of one
+request's time from the service's Server-Timing header.
+Needs wrk (`apt-get install wrk`; `make bench` installs it).
 
-    .venv/bin/python bench/predict_load.py [--seconds 5]
+    .venv/bin/python bench/predict_load.py [--seconds 5] [--api-workers 1]
 """
 
 import argparse
+import contextlib
 import io
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -53,6 +57,31 @@ end
 """
 
 
+# Appended to a request script: counts the images each answer's model call held.
+BATCH_SIZES = """
+threads = {}
+setup = function(thread) table.insert(threads, thread) end
+answers, shared = 0, 0
+response = function(status, headers, body)
+  local size = tonumber(string.match(headers["server-timing"] or "", "batch of (%d+)"))
+  if size then answers, shared = answers + 1, shared + size end
+end
+done = function(summary, latency, requests)
+  local total, images = 0, 0
+  for _, thread in ipairs(threads) do
+    total, images = total + thread:get("answers"), images + thread:get("shared")
+  end
+  io.write(string.format('{"answers": %d, "mean_batch": %.2f}\\n', total, images / total))
+end
+"""
+
+# What two of the service's settings are worth: each row runs the service with one changed.
+VARIANTS = {
+    "batching off (BATCH_WAIT_MS=0)": {"BATCH_WAIT_MS": "0"},
+    "model on every core (INFERENCE_THREADS=0)": {"INFERENCE_THREADS": "0"},
+}
+
+
 def lua_string(data: bytes) -> str:
     return '"' + "".join(f"\\{byte}" for byte in data) + '"'
 
@@ -63,7 +92,7 @@ def png(image) -> bytes:
     return buffer.getvalue()
 
 
-def write_script(path: Path, content_type: str, bodies: list[bytes]) -> None:
+def write_script(path: Path, content_type: str, bodies: list[bytes], done: str = DONE) -> None:
     table = ",\n".join(lua_string(body) for body in bodies)
     path.write_text(
         f"bodies = {{\n{table}\n}}\n"
@@ -72,7 +101,7 @@ def write_script(path: Path, content_type: str, bodies: list[bytes]) -> None:
         "  counter = counter % #bodies + 1\n"
         f'  local headers = {{["Content-Type"] = "{content_type}"}}\n'
         '  return wrk.format("POST", nil, headers, bodies[counter])\n'
-        "end\n" + DONE
+        "end\n" + done
     )
 
 
@@ -125,12 +154,41 @@ def wrk(url: str, script: Path, connections: int, seconds: int) -> dict:
         check=True,
     ).stdout
     result = json.loads(output.strip().splitlines()[-1])
-    result["rps"] = result["requests"] / result["seconds"]
+    if "requests" in result:
+        result["rps"] = result["requests"] / result["seconds"]
     return result
 
 
+@contextlib.contextmanager
+def serving(command: list[str], env: dict, port: int, scripts: Path):
+    """A server on `port`, warmed up: 32 connections for 3 s reach every API process, so
+    each has loaded and traced the model before anything is measured."""
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process)
+        wrk(f"{url}/predict", scripts / "png.lua", 32, 3)
+        wait_idle(url)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def load_grid(url: str, scripts: Path, seconds: int, connections: tuple[int, ...]) -> dict:
+    results = {}
+    for kind in ("png", "json"):
+        for count in connections:
+            results[kind, count] = wrk(f"{url}/predict", scripts / f"{kind}.lua", count, seconds)
+            print(kind, count, results[kind, count], flush=True)
+            wait_idle(url)
+    return results
+
+
 def server_timing_breakdown(url: str, bodies: list[bytes], count: int = 300) -> dict:
-    """Mean client latency and the server's own read/model split, one request at a time."""
+    """Median client latency and the server's own read/model split, one request at a time."""
     client_ms, read_ms, model_ms = [], [], []
     headers = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
     with httpx.Client(timeout=10) as http:
@@ -140,9 +198,7 @@ def server_timing_breakdown(url: str, bodies: list[bytes], count: int = 300) -> 
                 f"{url}/predict", content=bodies[index % len(bodies)], headers=headers
             )
             client_ms.append((time.perf_counter() - started) * 1000)
-            timing = dict(
-                part.split(";dur=") for part in response.headers["server-timing"].split(", ")
-            )
+            timing = dict(re.findall(r"(\w+);dur=([\d.]+)", response.headers["server-timing"]))
             read_ms.append(float(timing["read"]))
             model_ms.append(float(timing["model"]))
     return {
@@ -155,67 +211,43 @@ def server_timing_breakdown(url: str, bodies: list[bytes], count: int = 300) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=5)
-    parser.add_argument("--api-workers", type=int, default=2, help="the service's API_WORKERS")
+    parser.add_argument("--api-workers", type=int, default=1, help="the service's API_WORKERS")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: apt-get install wrk")
 
     data = load_fashion_mnist()
     images = data.test_images[:IMAGES]
+    grid = (1, 8, 32)
     with tempfile.TemporaryDirectory() as directory:
-        directory = Path(directory)
-        model_path, env = train_model(directory)
+        scripts = Path(directory)
+        model_path, env = train_model(scripts)
         png_bodies = [multipart(png(image)) for image in images]
-        write_script(directory / "png.lua", f"multipart/form-data; boundary={BOUNDARY}", png_bodies)
+        png_type = f"multipart/form-data; boundary={BOUNDARY}"
+        write_script(scripts / "png.lua", png_type, png_bodies)
+        write_script(scripts / "batches.lua", png_type, png_bodies, BATCH_SIZES)
         json_bodies = [json.dumps({"instances": [image.tolist()]}).encode() for image in images]
-        write_script(directory / "json.lua", "application/json", json_bodies)
+        write_script(scripts / "json.lua", "application/json", json_bodies)
 
-        service_port, baseline_port = free_port(), free_port()
-        servers = {
-            "baseline": subprocess.Popen(
-                [
-                    sys.executable,
-                    "bench/baseline_server.py",
-                    "--model",
-                    str(model_path),
-                    "--port",
-                    str(baseline_port),
-                ],
-                cwd=ROOT,
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            ),
-            "service": subprocess.Popen(
-                [sys.executable, "-m", "service", "api"],
-                cwd=ROOT,
-                env={**env, "PORT": str(service_port)},
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            ),
-        }
-        urls = {
-            "baseline": f"http://127.0.0.1:{baseline_port}",
-            "service": f"http://127.0.0.1:{service_port}",
-        }
-        results = {}
-        try:
-            for name, url in urls.items():
-                wait_healthy(url, servers[name])
-                wrk(f"{url}/predict", directory / "png.lua", 4, 2)  # Warm-up: load, trace.
-            for name, url in urls.items():
-                for kind in ("png", "json"):
-                    for connections in (1, 8, 32):
-                        results[name, kind, connections] = result = wrk(
-                            f"{url}/predict", directory / f"{kind}.lua", connections, args.seconds
-                        )
-                        print(name, kind, connections, result, flush=True)
-                        wait_idle(url)
-            breakdown = server_timing_breakdown(urls["service"], png_bodies)
-        finally:
-            for process in servers.values():
-                process.terminate()
-                process.wait(30)
+        port = free_port()
+        baseline_command = [
+            *(sys.executable, "bench/baseline_server.py"),
+            *("--model", str(model_path), "--port", str(port)),
+        ]
+        with serving(baseline_command, env, port, scripts) as url:
+            baseline = load_grid(url, scripts, args.seconds, grid)
+
+        service_command = [sys.executable, "-m", "service", "api"]
+        service_env = {**env, "PORT": str(port), "API_WORKERS": str(args.api_workers)}
+        with serving(service_command, service_env, port, scripts) as url:
+            service = load_grid(url, scripts, args.seconds, grid)
+            batches = wrk(f"{url}/predict", scripts / "batches.lua", 32, args.seconds)
+            wait_idle(url)
+            breakdown = server_timing_breakdown(url, png_bodies)
+        variants = {}
+        for name, overrides in VARIANTS.items():
+            with serving(service_command, {**service_env, **overrides}, port, scripts) as url:
+                variants[name] = load_grid(url, scripts, args.seconds, (32,))
 
     print(
         f"\nmachine: {platform.machine()}, {os.cpu_count()} cores; wrk on the same machine; "
@@ -227,21 +259,30 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|")
     for kind in ("png", "json"):
-        for connections in (1, 8, 32):
-            base, service = (
-                results["baseline", kind, connections],
-                results["service", kind, connections],
-            )
+        for count in grid:
+            base, ours = baseline[kind, count], service[kind, count]
             print(
-                f"| {kind} | {connections} | {base['rps']:.0f} | {service['rps']:.0f} | "
-                f"{service['rps'] / base['rps']:.1f}× | "
+                f"| {kind} | {count} | {base['rps']:.0f} | {ours['rps']:.0f} | "
+                f"{ours['rps'] / base['rps']:.1f}× | "
                 f"{base['p50_ms']:.1f} / {base['p99_ms']:.1f} | "
-                f"{service['p50_ms']:.2f} / {service['p99_ms']:.2f} | "
-                f"{base['errors']} / {service['errors']} |"
+                f"{ours['p50_ms']:.2f} / {ours['p99_ms']:.2f} | "
+                f"{base['errors']} / {ours['errors']} |"
             )
+    print("\n| service at 32 clients | png req/s | json req/s | png p50 / p99 ms |")
+    print("|---|---|---|---|")
+    for name, results in {"as configured": service, **variants}.items():
+        png_result, json_result = results["png", 32], results["json", 32]
+        print(
+            f"| {name} | {png_result['rps']:.0f} | {json_result['rps']:.0f} | "
+            f"{png_result['p50_ms']:.2f} / {png_result['p99_ms']:.2f} |"
+        )
+    print(
+        f"\nat 32 clients (png), a request's model call held {batches['mean_batch']:.1f} "
+        f"images on average ({batches['answers']} answers)"
+    )
     http_ms = breakdown["client"] - breakdown["read"] - breakdown["model"]
     print(
-        f"\nservice, one PNG at a time (medians): client {breakdown['client']:.2f} ms = "
+        f"service, one PNG at a time (medians): client {breakdown['client']:.2f} ms = "
         f"reading+decoding {breakdown['read']:.2f} ms + batching+model {breakdown['model']:.2f} ms "
         f"+ HTTP, routing and JSON {http_ms:.2f} ms"
     )

@@ -30,6 +30,11 @@ def padded_size(count: int, max_batch: int) -> int:
     return min(size, max(max_batch, count))
 
 
+def batch_sizes(max_batch: int) -> tuple[int, ...]:
+    """Every size `padded_size` sends to the model: the ones to compile before serving."""
+    return tuple(sorted({padded_size(count, max_batch) for count in range(1, max_batch + 1)}))
+
+
 @dataclass
 class Ticket:
     """A request's place in the batcher's count of images still to come."""

@@ -7,7 +7,7 @@ import io
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,9 +22,6 @@ if TYPE_CHECKING:
     from service.batching import MicroBatcher
 
 ROTATABLE_FORMATS = frozenset({"JPEG", "MPO", "TIFF", "WEBP", "HEIF"})
-
-# Traced once at load, so the first requests of each common size pay no compilation.
-WARM_UP_BATCH_SIZES = (1, 8, 32)
 
 # Fashion-MNIST shows light garments on a black background; a brighter border means the
 # picture is the other way round.
@@ -158,9 +155,12 @@ class LoadedModel:
 class ModelCache:
     """Loaded, warmed-up models, least recently used evicted past `capacity` or `max_bytes`."""
 
-    def __init__(self, capacity: int, max_bytes: int) -> None:
+    def __init__(self, capacity: int, max_bytes: int, warm_up_sizes: Sequence[int] = (1,)) -> None:
         self.capacity = capacity
         self.max_bytes = max_bytes
+        # Each batch size is compiled at load, so no request pays for a compilation (JAX compiles
+        # every shape; TensorFlow generalizes after two).
+        self.warm_up_sizes = warm_up_sizes
         self._models: OrderedDict[int, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[int, threading.Lock] = {}
@@ -180,7 +180,7 @@ class ModelCache:
                 if cached is not None and cached.sha256 == sha256:
                     return cached
             model = load_model_bytes(fetch())
-            for size in WARM_UP_BATCH_SIZES:
+            for size in self.warm_up_sizes:
                 model.predict_on_batch(np.zeros((size, IMAGE_SIZE, IMAGE_SIZE, 1), np.float32))
             loaded = LoadedModel(
                 experiment_id, sha256, model, size_bytes=model.count_params() * FLOAT_BYTES

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from service.batching import MicroBatcher, padded_size
+from service.batching import MicroBatcher, batch_sizes, padded_size
 from service.inference import LoadedModel
 from service.schemas import ExperimentCreate
 from service.training import build_model
@@ -37,6 +37,14 @@ def model() -> RecordingModel:
 )
 def test_batches_are_padded_to_powers_of_two_up_to_the_maximum(count, expected):
     assert padded_size(count, 64) == expected
+
+
+@pytest.mark.parametrize(
+    ("max_batch", "expected"),
+    [(1, (1,)), (64, (1, 2, 4, 8, 16, 32, 64)), (48, (1, 2, 4, 8, 16, 32, 48))],
+)
+def test_the_sizes_warmed_up_are_all_the_batcher_sends(max_batch, expected):
+    assert batch_sizes(max_batch) == expected
 
 
 def run_concurrently(batcher: MicroBatcher, inputs: list[np.ndarray]) -> list[np.ndarray]:

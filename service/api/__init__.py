@@ -10,6 +10,7 @@ from sqlalchemy.exc import OperationalError
 
 from service.api import experiments, predict, workers
 from service.api.predict import ModelResolver
+from service.batching import batch_sizes
 from service.db import create_db_engine, create_session_factory
 from service.inference import ModelCache, freeze_heap
 from service.settings import Settings, get_settings
@@ -29,7 +30,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.session_factory = create_session_factory(engine)
         app.state.read_session_factory = create_session_factory(engine, read_only=True)
-        app.state.model_cache = ModelCache(settings.model_cache_size, settings.model_cache_bytes)
+        app.state.model_cache = ModelCache(
+            settings.model_cache_size,
+            settings.model_cache_bytes,
+            warm_up_sizes=batch_sizes(settings.batch_max_images),
+        )
         app.state.model_resolver = ModelResolver(settings.model_check_seconds)
         # One thread runs the models: the backend's own threads already use every core.
         app.state.inference_executor = ThreadPoolExecutor(1, thread_name_prefix="inference")

@@ -35,6 +35,7 @@ step "Base image $BASE_IMAGE"
 if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
   [ "$BASE_IMAGE" = convlab-base:bookworm ] || fail "base image $BASE_IMAGE is missing"
   rootfs=$(mktemp -d)
+  chmod 755 "$rootfs"  # mktemp's 0700 would become the image's /, closed to non-root users.
   echo "debootstrap bookworm into $rootfs"
   debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
     bookworm "$rootfs" http://deb.debian.org/debian >/dev/null || fail "debootstrap"

@@ -72,7 +72,7 @@ class MicroBatcher:
         self._images = 0
         self._expected = 0  # Requests announced that have not handed in their images yet.
         self._flush_handle: asyncio.TimerHandle | None = None
-        self._running = False
+        self._call: asyncio.Task | None = None  # The model call in progress, if any.
 
     @asynccontextmanager
     async def arriving(self) -> AsyncIterator[Ticket]:
@@ -103,7 +103,7 @@ class MicroBatcher:
 
     def _consider(self) -> None:
         """Send a batch if the model is free and waiting would not add to it."""
-        if self._running or not self._pending:
+        if self._call is not None or not self._pending:
             return  # A busy model sends the queued requests when its call returns.
         if self._images >= self.max_batch or self._expected <= 0:
             self._flush()
@@ -123,8 +123,7 @@ class MicroBatcher:
             taken, images = taken + 1, images + len(item.pixels)
         batch, self._pending = self._pending[:taken], self._pending[taken:]
         self._images -= images
-        self._running = True
-        asyncio.get_running_loop().create_task(self._answer(batch, images))
+        self._call = asyncio.get_running_loop().create_task(self._answer(batch, images))
 
     async def _answer(self, batch: list[_Pending], images: int) -> None:
         loop = asyncio.get_running_loop()
@@ -143,7 +142,7 @@ class MicroBatcher:
                     item.future.set_result(Answer(probabilities[start:end], images))
                 start = end
         finally:
-            self._running = False
+            self._call = None
         if self._pending:  # They waited for this call already.
             self._flush()
 

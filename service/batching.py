@@ -114,8 +114,6 @@ class MicroBatcher:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        if not self._pending:
-            return
         taken, images = 0, 0
         for item in self._pending:
             if taken and images + len(item.pixels) > self.max_batch:

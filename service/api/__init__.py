@@ -36,7 +36,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             warm_up_sizes=batch_sizes(settings.batch_max_images),
         )
         app.state.model_resolver = ModelResolver(settings.model_check_seconds)
-        # One thread runs the models: the backend's own threads already use every core.
+        # One thread runs the models, one batch at a time; the compute inside a call uses the
+        # backend's own threads (INFERENCE_THREADS).
         app.state.inference_executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
         freeze_heap()
         yield

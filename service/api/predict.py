@@ -13,7 +13,12 @@ from sqlalchemy.orm import Session
 
 from service.api.deps import ModelCacheDep, SettingsDep
 from service.api.experiments import get_experiment_or_404
-from service.api.uploads import MalformedMultipartError, multipart_field, read_body
+from service.api.uploads import (
+    MalformedMultipartError,
+    multipart_field,
+    payload_too_large,
+    read_body,
+)
 from service.architecture import IMAGE_SIZE
 from service.batching import MicroBatcher
 from service.inference import (
@@ -36,10 +41,6 @@ INLINE_DECODE_BYTES = 16 * 1024
 MEDIA_TYPES = (
     "multipart/form-data (field 'image'), application/json ({'instances': [...]}) or image/*"
 )
-
-
-def _payload_too_large(message: str) -> HTTPException:
-    return HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, message)
 
 
 def _unprocessable(message: str) -> HTTPException:
@@ -80,7 +81,7 @@ def _instances(body: bytes, settings: Settings) -> list:
     if not isinstance(instances, list) or not instances:
         raise _unprocessable('send {"instances": [...]} with 28×28 arrays or {"b64": ...} items')
     if len(instances) > settings.max_predict_instances:
-        raise _payload_too_large(
+        raise payload_too_large(
             f"{len(instances)} instances, over the limit of {settings.max_predict_instances}"
         )
     return instances
@@ -118,7 +119,7 @@ def _decode_all(items: list, settings: Settings, invert: bool | None) -> np.ndar
             else:
                 pixels.append(parse_array(item))
         except ImageTooLargeError as error:
-            raise _payload_too_large(f"instance {index}: {error}") from None
+            raise payload_too_large(f"instance {index}: {error}") from None
         except InvalidImageError as error:
             raise _unprocessable(f"instance {index}: {error}") from None
     return np.stack(pixels)

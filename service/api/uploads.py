@@ -10,6 +10,10 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 
+def payload_too_large(message: str) -> HTTPException:
+    return HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, message)
+
+
 class MalformedMultipartError(ValueError):
     """The body does not follow the multipart/form-data format its content type announces."""
 
@@ -18,18 +22,12 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, refused with a 413 as soon as it grows past `limit` bytes."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise HTTPException(
-            status.HTTP_413_CONTENT_TOO_LARGE,
-            f"the upload is {int(declared):,} bytes, over the {limit:,} limit",
-        )
+        raise payload_too_large(f"the upload is {int(declared):,} bytes, over the {limit:,} limit")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:  # A chunked body declares no length; stop reading it here.
-            raise HTTPException(
-                status.HTTP_413_CONTENT_TOO_LARGE,
-                f"the upload is over the {limit:,}-byte limit",
-            )
+            raise payload_too_large(f"the upload is over the {limit:,}-byte limit")
         chunks.append(chunk)
     return b"".join(chunks)
 

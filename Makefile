@@ -58,6 +58,7 @@ bench: setup
 	$(BIN)/python bench/train_overhead.py --repeats 5
 	$(BIN)/python bench/predict_load.py
 	$(BIN)/python bench/upload_parsing.py
+	$(BIN)/python bench/gc_pause.py
 	$(BIN)/python bench/api_latency.py
 
 clean:

@@ -35,8 +35,8 @@ INVERTED_LEVELS = LEVELS[::-1].copy()
 def freeze_heap() -> None:
     """Keep what is alive now (TensorFlow's modules, loaded models) out of later collections.
 
-    A full collection walks every tracked object, and a process with Keras loaded holds millions:
-    measured under load, one took about 200 ms with the GIL held, every 2 s, and freed nothing.
+    A full collection walks every tracked object, and a process with Keras loaded holds about
+    400,000: each took 150–200 ms with the GIL held and freed nothing (bench/gc_pause.py).
     Frozen objects are skipped. Unfreezing first lets a model evicted since be collected.
     """
     gc.unfreeze()

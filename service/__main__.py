@@ -10,7 +10,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Keep TensorFlow's C++ start-up chatter out.
 
-from service.settings import get_settings
+from service.settings import UnsafeExposureError, get_settings
 from service.threads import limit_backend_threads
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,6 +35,10 @@ def run_api() -> None:
     from service.api import create_app
 
     settings = get_settings()
+    try:
+        settings.check_exposure()
+    except UnsafeExposureError as error:
+        raise SystemExit(f"refusing to start: {error}") from None
     # Before any model runs, in this process and in the API processes it starts.
     limit_backend_threads(settings.inference_threads)
     options = {"host": settings.host, "port": settings.port, "access_log": settings.access_log}

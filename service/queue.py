@@ -14,6 +14,7 @@ from sqlalchemy import case, delete, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.elements import ColumnElement
 
 from service.db import db_now, transaction
 from service.models import (
@@ -146,11 +147,13 @@ def _held_by(claim: Claim):
     )
 
 
-def _fenced_update(session: Session, claim: Claim, **values: Any) -> bool:
-    """Update the claimed experiment only while this claim still holds it."""
+def _fenced_update(
+    session: Session, claim: Claim, *conditions: ColumnElement[bool], **values: Any
+) -> bool:
+    """Update the claimed experiment only while this claim still holds it (and `conditions`)."""
     result = session.execute(
         update(Experiment)
-        .where(*_held_by(claim))
+        .where(*_held_by(claim), *conditions)
         .values(**values)
         .execution_options(synchronize_session=False)
     )
@@ -162,7 +165,7 @@ def _finish(
     claim: Claim,
     status: ExperimentStatus,
     outcome: AttemptOutcome,
-    *,
+    *conditions: ColumnElement[bool],
     error: str | None = None,
     **values: Any,
 ) -> bool:
@@ -170,6 +173,7 @@ def _finish(
     if not _fenced_update(
         session,
         claim,
+        *conditions,
         status=status,
         finished_at=db_now(_dialect(session)),
         claim_token=None,
@@ -271,20 +275,30 @@ def record_epoch(
         return True
 
 
-def complete(session_factory: sessionmaker[Session], claim: Claim, result: TrainingResult) -> bool:
-    """Store the test metrics and the model and mark the experiment `succeeded`, atomically."""
+def complete(
+    session_factory: sessionmaker[Session], claim: Claim, result: TrainingResult
+) -> ExperimentStatus | None:
+    """Store the test metrics and the model and mark the experiment `succeeded`, atomically.
+
+    A cancel asked for while the run was finishing (during the test evaluation, say) was
+    answered 202, so it wins: the experiment ends `cancelled` and keeps no model. None once
+    the lease is lost.
+    """
     with transaction(session_factory) as session:
         if not _finish(
             session,
             claim,
             ExperimentStatus.SUCCEEDED,
             AttemptOutcome.SUCCEEDED,
+            Experiment.cancel_requested_at.is_(None),
             test_loss=result.test_loss,
             test_accuracy=result.test_accuracy,
             stopped_early=result.stopped_early,
             stop_reason=result.stop_reason,
         ):
-            return False
+            if _finish(session, claim, ExperimentStatus.CANCELLED, AttemptOutcome.CANCELLED):
+                return ExperimentStatus.CANCELLED
+            return None
         session.add(
             TrainedModel(
                 experiment_id=claim.experiment_id,
@@ -294,7 +308,7 @@ def complete(session_factory: sessionmaker[Session], claim: Claim, result: Train
             )
         )
         session.execute(delete(Checkpoint).where(Checkpoint.experiment_id == claim.experiment_id))
-        return True
+        return ExperimentStatus.SUCCEEDED
 
 
 def fail(session_factory: sessionmaker[Session], claim: Claim, *, error: str) -> bool:
@@ -333,26 +347,34 @@ def release(
         return True
 
 
+def _lost_values(session: Session, *, give_up: str, max_attempts: int) -> dict[str, Any]:
+    """Where a run whose training died goes: cancelled if that was asked for, failed when out
+    of attempts, else back to the queue."""
+    cancelled = Experiment.cancel_requested_at.is_not(None)
+    exhausted = Experiment.attempts >= max_attempts
+    return {
+        **_requeue_values(),
+        "status": case(
+            (cancelled, ExperimentStatus.CANCELLED.value),
+            (exhausted, ExperimentStatus.FAILED.value),
+            else_=ExperimentStatus.QUEUED.value,
+        ),
+        "finished_at": case((cancelled | exhausted, db_now(_dialect(session))), else_=None),
+        "error": case((exhausted & ~cancelled, give_up), else_=None),
+    }
+
+
 def requeue_lost(
     session_factory: sessionmaker[Session], claim: Claim, *, error: str, max_attempts: int
 ) -> bool:
     """The training process died: spend the attempt, and fail once none is left."""
     with transaction(session_factory) as session:
-        exhausted = Experiment.attempts >= max_attempts
-        if not _fenced_update(
+        values = _lost_values(
             session,
-            claim,
-            **{
-                **_requeue_values(),
-                "status": case(
-                    (exhausted, ExperimentStatus.FAILED.value), else_=ExperimentStatus.QUEUED.value
-                ),
-                "finished_at": case((exhausted, db_now(_dialect(session))), else_=None),
-                "error": case(
-                    (exhausted, f"{error}; gave up after {max_attempts} attempts"), else_=None
-                ),
-            },
-        ):
+            give_up=f"{error}; gave up after {max_attempts} attempts",
+            max_attempts=max_attempts,
+        )
+        if not _fenced_update(session, claim, **values):
             return False
         _end_attempt(session, claim, AttemptOutcome.LOST, error)
         return True
@@ -365,14 +387,13 @@ def recover_expired_leases(
 
     One guarded statement that any worker may run: no leader is needed.
     """
+    silent = (
+        f"the worker stopped sending heartbeats for {lease_seconds:g} s (killed, stalled or lost)"
+    )
     with transaction(session_factory) as session:
         dialect = _dialect(session)
-        now = db_now(dialect)
-        exhausted = Experiment.attempts >= max_attempts
-        cancelled = Experiment.cancel_requested_at.is_not(None)
-        lost = (
-            f"the worker stopped sending heartbeats for {lease_seconds:g} s "
-            f"(killed, stalled or lost) {max_attempts} times"
+        values = _lost_values(
+            session, give_up=f"{silent} {max_attempts} times", max_attempts=max_attempts
         )
         recovered = list(
             session.scalars(
@@ -381,18 +402,7 @@ def recover_expired_leases(
                     Experiment.status == ExperimentStatus.RUNNING,
                     Experiment.heartbeat_at < db_now(dialect, seconds=-lease_seconds),
                 )
-                .values(
-                    {
-                        **_requeue_values(),
-                        "status": case(
-                            (cancelled, ExperimentStatus.CANCELLED.value),
-                            (exhausted, ExperimentStatus.FAILED.value),
-                            else_=ExperimentStatus.QUEUED.value,
-                        ),
-                        "finished_at": case((cancelled | exhausted, now), else_=None),
-                        "error": case((exhausted & ~cancelled, lost), else_=None),
-                    }
-                )
+                .values(values)
                 .returning(Experiment.id)
                 .execution_options(synchronize_session=False)
             )
@@ -403,7 +413,9 @@ def recover_expired_leases(
             session.execute(
                 update(Attempt)
                 .where(Attempt.experiment_id.in_(recovered), Attempt.outcome.is_(None))
-                .values(outcome=AttemptOutcome.LOST.value, finished_at=now)
+                .values(
+                    outcome=AttemptOutcome.LOST.value, finished_at=db_now(dialect), error=silent
+                )
             )
     return recovered
 

@@ -14,6 +14,8 @@ MAX_DENSE_UNITS = 4096
 MAX_EPOCHS = 500
 MAX_BATCH_SIZE = 4096
 TRAIN_IMAGES = 60_000
+# Ids are 32-bit integers on PostgreSQL; larger ones cannot exist, and SQLite cannot bind them.
+MAX_DATABASE_ID = 2**31 - 1
 
 Filters = Annotated[int, Field(ge=1, le=MAX_FILTERS)]
 KernelSize = Annotated[int, Field(ge=1, le=28)]

@@ -1,13 +1,34 @@
-"""Configuration from environment variables."""
+"""Configuration from environment variables; settings that make no sense are refused at start."""
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATA_DIR = Path("data")
+# Shorter keys can be guessed; 16 characters is what `secrets.token_urlsafe(12)` gives.
+MIN_API_KEY_LENGTH = 16
+LOOPBACK_NAMES = ("localhost",)
+
+# A comma-separated list in the environment: API_KEYS=a,b or ALLOWED_HOSTS=localhost,127.0.0.1.
+CommaList = Annotated[list[str], NoDecode]
+
+
+class UnsafeExposureError(ValueError):
+    """The API would listen beyond this machine with no key to keep strangers out."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether an address or host name only reaches this machine."""
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class Settings(BaseSettings):
@@ -26,6 +47,26 @@ class Settings(BaseSettings):
     )
     access_log: bool = Field(
         default=False, description="Log every request; off by default, it costs throughput."
+    )
+
+    api_keys: CommaList = Field(
+        default=[], description="Keys that may use the API (Authorization: Bearer <key>)."
+    )
+    api_keys_file: Path | None = Field(
+        default=None, description="A file of API keys, one a line; added to API_KEYS."
+    )
+    auth_reads: bool = Field(
+        default=True, description="With keys set, GETs and predictions need a key too."
+    )
+    allow_unauthenticated: bool = Field(
+        default=False, description="Serve a non-loopback HOST without API keys anyway."
+    )
+    allowed_hosts: CommaList = Field(
+        default=["127.0.0.1", "localhost", "[::1]"],
+        description="Host header values the API answers; '*' turns the check off.",
+    )
+    cors_origins: CommaList = Field(
+        default=[], description="Origins whose pages may call the API; empty: CORS is off."
     )
 
     fashion_mnist_dir: Path | None = Field(
@@ -49,11 +90,44 @@ class Settings(BaseSettings):
         ge=0,
         description="On SIGTERM, how long a worker waits for the current epoch to end.",
     )
+    max_run_seconds: float = Field(
+        default=6 * 3600, gt=0, description="An experiment training longer than this fails."
+    )
+    max_training_steps: int = Field(
+        default=200_000, ge=1, description="Most epochs × steps per epoch a spec may ask for."
+    )
+    max_queued: int = Field(
+        default=100, ge=1, description="Most queued or running experiments per API key."
+    )
+    trainer_max_experiments: int = Field(
+        default=50, ge=1, description="Experiments a training process runs before it is renewed."
+    )
+    trainer_max_rss_bytes: int = Field(
+        default=4 * 1024**3,
+        gt=0,
+        description="A training process holding more memory than this after an experiment "
+        "is renewed.",
+    )
 
     sqlite_busy_timeout_ms: int = Field(default=30_000, ge=0)
+    database_wait_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="How long a request waits for a database connection before a 503.",
+    )
 
+    max_request_bytes: int = Field(
+        default=64 * 1024, gt=0, description="Largest body of any route but /predict."
+    )
     max_upload_bytes: int = Field(default=5 * 1024 * 1024, gt=0)
-    max_image_pixels: int = Field(default=25_000_000, gt=0)
+    max_image_side: int = Field(
+        default=4096, ge=28, description="Longest side of an image /predict decodes."
+    )
+    max_image_pixels: int = Field(
+        default=4096 * 4096,
+        ge=28 * 28,
+        description="Most pixels an image may decode to, counted on its padded square.",
+    )
     max_predict_instances: int = Field(default=256, gt=0)
     model_cache_size: int = Field(default=4, ge=1, description="Most models kept loaded.")
     model_cache_bytes: int = Field(
@@ -84,6 +158,49 @@ class Settings(BaseSettings):
     worker_threads: int | None = Field(
         default=None, ge=1, description="Threads the training process may use; unset: all."
     )
+
+    @field_validator("api_keys", "allowed_hosts", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.worker_heartbeat_seconds >= self.lease_seconds:
+            raise ValueError(
+                f"WORKER_HEARTBEAT_SECONDS ({self.worker_heartbeat_seconds:g}) must be shorter "
+                f"than LEASE_SECONDS ({self.lease_seconds:g}), or every lease runs out"
+            )
+        short = [key for key in self.all_api_keys() if len(key) < MIN_API_KEY_LENGTH]
+        if short:
+            raise ValueError(
+                f"{len(short)} API key(s) shorter than {MIN_API_KEY_LENGTH} characters: "
+                'make them with python3 -c "import secrets; print(secrets.token_urlsafe(32))"'
+            )
+        return self
+
+    def all_api_keys(self) -> list[str]:
+        """API_KEYS and the lines of API_KEYS_FILE (blank lines and # comments skipped)."""
+        keys = list(self.api_keys)
+        if self.api_keys_file is not None:
+            try:
+                lines = self.api_keys_file.read_text().splitlines()
+            except OSError as error:
+                raise ValueError(f"API_KEYS_FILE cannot be read: {error}") from None
+            keys += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+        return keys
+
+    def check_exposure(self) -> None:
+        """Refuse to listen beyond loopback with no API key, unless told that is intended."""
+        if is_loopback(self.host) or self.all_api_keys() or self.allow_unauthenticated:
+            return
+        raise UnsafeExposureError(
+            f"HOST={self.host} lets other machines reach the API, and no API key is set, so "
+            "anyone could train, cancel and download models: set API_KEYS (or API_KEYS_FILE), "
+            "or ALLOW_UNAUTHENTICATED=true if the network in front of it is trusted"
+        )
 
 
 @lru_cache

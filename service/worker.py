@@ -243,10 +243,11 @@ class Worker:
                         lease_lost = True
                         trainer.stop_now.set()
                 elif kind == "done":
-                    if not lease_lost and self._with_retries(
-                        queue.complete, self.session_factory, claim, message[1]
-                    ):
-                        logger.info("experiment %s succeeded", claim.experiment_id)
+                    if not lease_lost:
+                        final = self._with_retries(
+                            queue.complete, self.session_factory, claim, message[1]
+                        )
+                        logger.info("experiment %s %s", claim.experiment_id, final or "lost")
                     return
                 elif kind == "error":
                     if not lease_lost:

@@ -5,7 +5,7 @@ import threading
 from sqlalchemy import func, select, update
 
 from service import queue
-from service.db import db_now
+from service.db import db_now, transaction
 from service.models import (
     Attempt,
     Checkpoint,
@@ -186,3 +186,42 @@ def test_sqlite_refuses_a_second_host_but_postgresql_does_not(session_factory, b
             raise AssertionError("a second host was let in")
     else:
         register_elsewhere()
+
+
+def test_cancel_during_the_test_evaluation_ends_cancelled_without_a_model(session_factory):
+    [experiment_id] = enqueue(session_factory)
+    running = claim(session_factory)
+    with transaction(session_factory) as session:
+        assert queue.request_cancel(session, experiment_id)
+    final = queue.complete(
+        session_factory, running, TrainingResult(2, False, None, 0.4, 0.9, b"model")
+    )
+    assert final == ExperimentStatus.CANCELLED
+    with session_factory() as session:
+        assert session.get(Experiment, experiment_id).status == ExperimentStatus.CANCELLED
+        assert session.get(TrainedModel, experiment_id) is None
+        assert session.scalars(select(Attempt.outcome)).all() == ["cancelled"]
+
+
+def test_cancel_then_a_trainer_crash_ends_cancelled_not_requeued(session_factory):
+    [experiment_id] = enqueue(session_factory)
+    running = claim(session_factory)
+    with transaction(session_factory) as session:
+        assert queue.request_cancel(session, experiment_id)
+    assert queue.requeue_lost(session_factory, running, error="died", max_attempts=3)
+    with session_factory() as session:
+        experiment = session.get(Experiment, experiment_id)
+        assert experiment.status == ExperimentStatus.CANCELLED
+        assert experiment.finished_at is not None and experiment.error is None
+    assert claim(session_factory) is None
+
+
+def test_an_attempt_lost_to_an_expired_lease_says_why(session_factory):
+    [experiment_id] = enqueue(session_factory)
+    claim(session_factory)
+    expire_lease(session_factory, experiment_id)
+    queue.recover_expired_leases(session_factory, lease_seconds=60, max_attempts=3)
+    with session_factory() as session:
+        [attempt] = session.scalars(select(Attempt)).all()
+        assert attempt.outcome == "lost"
+        assert "stopped sending heartbeats for 60 s" in attempt.error

@@ -13,15 +13,24 @@ from sqlalchemy.sql.elements import ColumnElement
 READ_ONLY_OPTION = "convlab_read_only"
 
 
-def create_db_engine(database_url: str, *, sqlite_busy_timeout_ms: int = 30_000) -> Engine:
+def create_db_engine(
+    database_url: str,
+    *,
+    sqlite_busy_timeout_ms: int = 30_000,
+    pool_size: int = 5,
+    pool_timeout: float = 30.0,
+) -> Engine:
     """Create an engine; for SQLite, turn on WAL, a busy timeout and BEGIN IMMEDIATE."""
     url = make_url(database_url)
+    pool = {"pool_size": pool_size, "max_overflow": pool_size, "pool_timeout": pool_timeout}
     if url.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
+        return create_engine(url, pool_pre_ping=True, **pool)
 
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": sqlite_busy_timeout_ms / 1000})
+    else:
+        pool = {}  # An in-memory database lives in one connection, outside any pool.
+    engine = create_engine(url, connect_args={"timeout": sqlite_busy_timeout_ms / 1000}, **pool)
 
     @event.listens_for(engine, "connect")
     def _configure_sqlite(dbapi_connection, _record) -> None:

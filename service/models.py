@@ -66,10 +66,15 @@ class ExperimentStatus(enum.StrEnum):
 
 class Experiment(Base):
     __tablename__ = "experiments"
-    __table_args__ = (Index("ix_experiments_status_device_id", "status", "requested_device", "id"),)
+    __table_args__ = (
+        Index("ix_experiments_status_device_id", "status", "requested_device", "id"),
+        Index("ix_experiments_owner_status", "owner", "status"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str | None] = mapped_column(String(200))
+    # Who submitted it: a prefix of the API key's SHA-256, never the key; null without keys.
+    owner: Mapped[str | None] = mapped_column(String(16))
     status: Mapped[ExperimentStatus] = mapped_column(
         Enum(
             ExperimentStatus,

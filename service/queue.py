@@ -16,6 +16,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
+from service.architecture import ModelSummary
 from service.db import db_now, transaction
 from service.models import (
     Attempt,
@@ -33,6 +34,16 @@ from service.schemas import ExperimentSpec
 # A GPU worker has a CPU too, so it takes any experiment; a CPU worker leaves `gpu` ones.
 CLAIMABLE_DEVICES = {"cpu": ("auto", "cpu"), "gpu": ("auto", "cpu", "gpu")}
 NOTIFY_CHANNEL = "convlab_experiments"
+
+
+class QueueFullError(RuntimeError):
+    """The submitter already has MAX_QUEUED experiments waiting or running."""
+
+    def __init__(self, pending: int, limit: int) -> None:
+        super().__init__(
+            f"{pending} of your experiments are queued or running, the limit is {limit} "
+            "(MAX_QUEUED): wait for some to finish, or cancel some"
+        )
 
 
 class WorkerRefusedError(RuntimeError):
@@ -57,13 +68,30 @@ def _dialect(session: Session) -> str:
     return session.get_bind().dialect.name
 
 
-def enqueue(session: Session, *, name: str | None, spec: ExperimentSpec) -> Experiment:
-    """Insert an experiment as `queued`; it is claimable once the caller's transaction commits."""
+def enqueue(
+    session: Session,
+    *,
+    name: str | None,
+    spec: ExperimentSpec,
+    summary: ModelSummary | None = None,
+    owner: str | None = None,
+    max_queued: int | None = None,
+) -> Experiment:
+    """Insert an experiment as `queued`; it is claimable once the caller's transaction commits.
+
+    With `max_queued`, raises QueueFullError when `owner` already has that many waiting or
+    running.
+    """
+    if max_queued is not None:
+        pending = _pending_count(session, owner)
+        if pending >= max_queued:
+            raise QueueFullError(pending, max_queued)
     experiment = Experiment(
         name=name,
+        owner=owner,
         status=ExperimentStatus.QUEUED,
         spec=spec.model_dump(mode="json"),
-        summary=spec.summary().as_dict(),
+        summary=(summary or spec.summary()).as_dict(),
         requested_device=spec.device,
     )
     session.add(experiment)
@@ -72,6 +100,23 @@ def enqueue(session: Session, *, name: str | None, spec: ExperimentSpec) -> Expe
         # Delivered at commit; idle workers wake at once instead of at their next poll.
         session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
     return experiment
+
+
+def _pending_count(session: Session, owner: str | None) -> int:
+    """The owner's queued and running experiments; on PostgreSQL, one count per owner at a
+    time (SQLite's BEGIN IMMEDIATE already serializes writers), so a burst cannot overshoot."""
+    if _dialect(session) == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(func.hashtext(owner or ""))))
+    pending = (ExperimentStatus.QUEUED, ExperimentStatus.RUNNING)
+    same_owner = Experiment.owner == owner if owner is not None else Experiment.owner.is_(None)
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(Experiment)
+            .where(same_owner, Experiment.status.in_(pending))
+        )
+        or 0
+    )
 
 
 def claim_next_experiment(

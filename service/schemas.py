@@ -1,5 +1,6 @@
 """Pydantic models at the HTTP boundary: the spec users send and the views they get back."""
 
+import math
 from datetime import datetime
 from typing import Annotated, Literal, Self
 
@@ -17,11 +18,13 @@ TRAIN_IMAGES = 60_000
 # Ids are 32-bit integers on PostgreSQL; larger ones cannot exist, and SQLite cannot bind them.
 MAX_DATABASE_ID = 2**31 - 1
 
-Filters = Annotated[int, Field(ge=1, le=MAX_FILTERS)]
-KernelSize = Annotated[int, Field(ge=1, le=28)]
+# Strict: JSON `true` and "2" are not integers, and NaN or Infinity is no number to train with.
+Filters = Annotated[int, Field(strict=True, ge=1, le=MAX_FILTERS)]
+KernelSize = Annotated[int, Field(strict=True, ge=1, le=28)]
 # 0 or null means no pooling after that conv layer.
-PoolSize = Annotated[int | None, Field(ge=0, le=28)]
-DenseUnits = Annotated[int, Field(ge=1, le=MAX_DENSE_UNITS)]
+PoolSize = Annotated[int | None, Field(strict=True, ge=0, le=28)]
+DenseUnits = Annotated[int, Field(strict=True, ge=1, le=MAX_DENSE_UNITS)]
+FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 
 class StrictModel(BaseModel):
@@ -47,7 +50,7 @@ class StopRule(StrictModel):
     """Stop after the first epoch whose metric reaches the threshold (<= for losses)."""
 
     metric: Literal["loss", "accuracy", "val_loss", "val_accuracy"]
-    threshold: float
+    threshold: FiniteFloat
 
     def reached(self, value: float) -> bool:
         return value <= self.threshold if self.metric.endswith("loss") else value >= self.threshold
@@ -67,6 +70,11 @@ class ExperimentSpec(StrictModel):
     device: Literal["auto", "cpu", "gpu"]
     stop: StopRule | None
 
+    def training_steps(self) -> int:
+        """Epochs × steps per epoch: the batches training will run through."""
+        fitted = int((self.train_samples or TRAIN_IMAGES) * (1 - self.validation_split))
+        return self.epochs * math.ceil(fitted / self.batch_size)
+
     def summary(self) -> ModelSummary:
         blocks = [
             ConvBlock(c.filters, c.kernel_size, c.pool_size or None) for c in self.conv_layers
@@ -79,19 +87,19 @@ class ExperimentCreate(StrictModel):
 
     name: str | None = Field(default=None, max_length=200)
     conv_layers: (
-        Annotated[int, Field(ge=0, le=MAX_CONV_LAYERS)]
+        Annotated[int, Field(strict=True, ge=0, le=MAX_CONV_LAYERS)]
         | Annotated[list[ConvLayerInput], Field(max_length=MAX_CONV_LAYERS)]
     ) = 2
     filters: Filters = 32
     kernel_size: KernelSize = 3
     pool_size: PoolSize = 2
     dense_units: Annotated[list[DenseUnits], Field(max_length=MAX_DENSE_LAYERS)] = [128]
-    epochs: Annotated[int, Field(ge=1, le=MAX_EPOCHS)] = 5
-    batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH_SIZE)] = 32
-    learning_rate: Annotated[float, Field(gt=0, le=1)] = 0.001
-    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
-    train_samples: Annotated[int, Field(ge=1, le=TRAIN_IMAGES)] | None = None
-    validation_split: Annotated[float, Field(ge=0, le=0.5)] = 0.0
+    epochs: Annotated[int, Field(strict=True, ge=1, le=MAX_EPOCHS)] = 5
+    batch_size: Annotated[int, Field(strict=True, ge=1, le=MAX_BATCH_SIZE)] = 32
+    learning_rate: Annotated[FiniteFloat, Field(gt=0, le=1)] = 0.001
+    seed: Annotated[int, Field(strict=True, ge=0, le=2**31 - 1)] | None = None
+    train_samples: Annotated[int, Field(strict=True, ge=1, le=TRAIN_IMAGES)] | None = None
+    validation_split: Annotated[FiniteFloat, Field(ge=0, le=0.5)] = 0.0
     device: Literal["auto", "cpu", "gpu"] = "auto"
     stop: StopRule | None = None
 
@@ -274,3 +282,10 @@ class PredictResponse(BaseModel):
         description="'latest_succeeded' when no experiment_id was given"
     )
     predictions: list[Prediction]
+
+
+class HealthRead(BaseModel):
+    status: Literal["ok"]
+    workers_alive: int | None = Field(
+        description="live workers a moment ago; null while the database cannot be reached"
+    )

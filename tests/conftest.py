@@ -113,6 +113,8 @@ def settings(database_url: str) -> Settings:
         worker_poll_seconds=0.05,
         worker_heartbeat_seconds=0.2,
         lease_seconds=3,
+        # TestClient's requests say `Host: testserver`.
+        allowed_hosts=["testserver", "127.0.0.1", "localhost"],
         _env_file=None,
     )
 

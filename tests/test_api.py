@@ -2,6 +2,7 @@
 
 import io
 import sqlite3
+import time
 
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -140,9 +141,23 @@ def test_locked_database_is_503_with_retry_after_and_loses_nothing(settings):
         assert response.status_code == 503
         assert response.headers["retry-after"] == "2"
         assert "database is unavailable" in response.json()["detail"]
+        assert "locked" not in response.json()["detail"]  # The driver's words stay in the log.
         assert client.get("/experiments").json()["total"] == 1
         assert client.get(f"/experiments/{created['id']}").json()["status"] == "queued"
 
 
-def test_health(client):
-    assert client.get("/health").json() == {"status": "ok"}
+def test_health_counts_live_workers_without_a_key(settings, session_factory):
+    keyed = settings.model_copy(update={"api_keys": ["k" * 20]})
+
+    def wait_for_health(expected: dict) -> None:
+        deadline = time.monotonic() + 10
+        while (body := client.get("/health").json()) != expected:
+            assert time.monotonic() < deadline, body
+            time.sleep(0.1)
+
+    with TestClient(create_app(keyed)) as client:
+        wait_for_health({"status": "ok", "workers_alive": 0})
+        queue.register_worker(
+            session_factory, worker_id="w", host="here", pid=1, device="cpu", lease_seconds=30
+        )
+        wait_for_health({"status": "ok", "workers_alive": 1})

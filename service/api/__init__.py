@@ -1,35 +1,62 @@
-"""The FastAPI application: experiments, predictions, health."""
+"""The FastAPI application: experiments, predictions, workers, health."""
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from service.api import experiments, predict, workers
+from service.api.database import POOL_SIZE, WRITE_SLOTS, Database
+from service.api.handlers import install_exception_handlers
+from service.api.limits import BodyLimit
 from service.api.predict import ModelResolver
+from service.api.security import CrossSiteRefusal, KeyRing
 from service.batching import batch_sizes
 from service.db import create_db_engine, create_session_factory
 from service.inference import ModelCache, freeze_heap
+from service.models import Worker
+from service.queue import alive_workers
+from service.schemas import HealthRead
 from service.settings import Settings, get_settings
 
-DATABASE_RETRY_AFTER_SECONDS = 2
+logger = logging.getLogger(__name__)
+
+# /health never waits on the database: it reports the last count, refreshed this often.
+HEALTH_REFRESH_SECONDS = 2.0
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """An app whose lifespan owns the engine and the model cache."""
+    """An app whose lifespan owns the engine, the model cache and the health watcher."""
     settings = settings or get_settings()
+    settings.check_exposure()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_db_engine(
-            settings.database_url, sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms
+            settings.database_url,
+            sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms,
+            pool_size=POOL_SIZE,
+            pool_timeout=settings.database_wait_seconds,
         )
         app.state.settings = settings
-        app.state.session_factory = create_session_factory(engine)
-        app.state.read_session_factory = create_session_factory(engine, read_only=True)
+        app.state.keys = KeyRing(settings.all_api_keys())
+        app.state.database = Database(
+            create_session_factory(engine),
+            create_session_factory(engine, read_only=True),
+            wait_seconds=settings.database_wait_seconds,
+            write_slots=WRITE_SLOTS.get(engine.dialect.name, 1),
+        )
+        app.state.read_session_factory = app.state.database.read_session_factory
+        app.state.workers_alive = None
         app.state.model_cache = ModelCache(
             settings.model_cache_size,
             settings.model_cache_bytes,
@@ -39,12 +66,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # One thread runs the models, one batch at a time; the compute inside a call uses the
         # backend's own threads (INFERENCE_THREADS).
         app.state.inference_executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
+        stopping = asyncio.Event()
+        watcher = asyncio.create_task(_watch_workers(app, settings.lease_seconds, stopping))
         freeze_heap()
         yield
+        # Not cancelled: a count in flight finishes and returns its connection first.
+        stopping.set()
+        await watcher
         app.state.inference_executor.shutdown()
         engine.dispose()
 
-    app = FastAPI(
+    app = FastAPIOffline(
         title="convlab",
         summary="Queue, train, compare and serve Keras CNN experiments on Fashion-MNIST.",
         lifespan=lifespan,
@@ -52,18 +84,51 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(experiments.router)
     app.include_router(predict.router)
     app.include_router(workers.router)
+    install_exception_handlers(app)
+    _add_middleware(app, settings)
 
-    @app.exception_handler(OperationalError)
-    async def database_unavailable(_request: Request, error: OperationalError) -> JSONResponse:
-        return JSONResponse(
-            status_code=503,
-            content={"detail": f"the database is unavailable, retry shortly ({error.orig})"},
-            headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
-        )
-
-    @app.get("/health", tags=["health"])
-    def health() -> dict[str, str]:
-        """Liveness: the process answers."""
-        return {"status": "ok"}
+    @app.get("/health", tags=["health"], response_model=HealthRead)
+    async def health() -> HealthRead:
+        """Liveness, without a key and without touching the database; `workers_alive` is the
+        number of live workers a moment ago (null until first counted or while the database
+        is unreachable)."""
+        return HealthRead(status="ok", workers_alive=app.state.workers_alive)
 
     return app
+
+
+def _add_middleware(app: FastAPI, settings: Settings) -> None:
+    # The last added runs first: hosts, then CORS, then cross-site refusal, then body size.
+    app.add_middleware(
+        BodyLimit,
+        default=settings.max_request_bytes,
+        limits={"/predict": settings.max_upload_bytes},
+    )
+    app.add_middleware(CrossSiteRefusal, allowed_origins=settings.cors_origins)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+            expose_headers=["Location", "Retry-After", "Server-Timing"],
+        )
+    if "*" not in settings.allowed_hosts:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts)
+
+
+async def _watch_workers(app: FastAPI, lease_seconds: float, stopping: asyncio.Event) -> None:
+    """Keep `app.state.workers_alive` fresh for /health until `stopping` is set."""
+
+    def count(session: Session) -> int:
+        condition = alive_workers(session, lease_seconds=lease_seconds)
+        return session.scalar(select(func.count()).select_from(Worker).where(condition)) or 0
+
+    while not stopping.is_set():
+        try:
+            app.state.workers_alive = await app.state.database.read(count)
+        except Exception as error:  # Whatever the database says, /health must keep answering.
+            logger.warning("cannot count live workers: %s", error)
+            app.state.workers_alive = None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), HEALTH_REFRESH_SECONDS)

@@ -1,11 +1,10 @@
-"""Request dependencies: settings, a database session committed at the boundary, the cache."""
+"""Request dependencies: settings, the database gate, the model cache."""
 
-from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.orm import Session
 
+from service.api.database import Database
 from service.inference import ModelCache
 from service.settings import Settings
 
@@ -15,16 +14,8 @@ async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    """One transaction per request, committed when the handler returns without error."""
-    with request.app.state.session_factory() as session, session.begin():
-        yield session
-
-
-def get_read_session(request: Request) -> Iterator[Session]:
-    """A session for requests that only read: it never takes the database's write lock."""
-    with request.app.state.read_session_factory() as session, session.begin():
-        yield session
+async def get_database(request: Request) -> Database:
+    return request.app.state.database
 
 
 async def get_model_cache(request: Request) -> ModelCache:
@@ -32,8 +23,5 @@ async def get_model_cache(request: Request) -> ModelCache:
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
-# scope="function": commit before the response goes out, so a client that reads right after
-# a 202 finds what it created.
-SessionDep = Annotated[Session, Depends(get_session, scope="function")]
-ReadSessionDep = Annotated[Session, Depends(get_read_session, scope="function")]
+DatabaseDep = Annotated[Database, Depends(get_database)]
 ModelCacheDep = Annotated[ModelCache, Depends(get_model_cache)]

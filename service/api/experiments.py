@@ -2,20 +2,32 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response, status
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from service import queue
-from service.api.deps import ReadSessionDep, SessionDep, SettingsDep
+from service.api.deps import DatabaseDep, SettingsDep
+from service.api.errors import error_responses
+from service.api.security import CallerDep, authenticate
 from service.api.views import experiment_list_item, experiment_read
 from service.models import Experiment, ExperimentStatus, TrainedModel
 from service.plots import learning_curve_png
-from service.schemas import ExperimentCreate, ExperimentPage, ExperimentRead
+from service.schemas import MAX_DATABASE_ID, ExperimentCreate, ExperimentPage, ExperimentRead
 
-router = APIRouter(prefix="/experiments", tags=["experiments"])
+router = APIRouter(
+    prefix="/experiments",
+    tags=["experiments"],
+    dependencies=[Depends(authenticate)],
+    responses=error_responses(401, 403, 503),
+)
 
 MAX_PAGE_SIZE = 100
+# How long a client whose queue is full should wait: about one small experiment.
+QUEUE_FULL_RETRY_AFTER_SECONDS = 30
+
+ExperimentId = Annotated[int, Path(ge=1, le=MAX_DATABASE_ID)]
 
 
 def get_experiment_or_404(session: Session, experiment_id: int) -> Experiment:
@@ -34,111 +46,177 @@ def get_experiment_or_404(session: Session, experiment_id: int) -> Experiment:
     return experiment
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=ExperimentRead)
-def create_experiment(
-    payload: ExperimentCreate, session: SessionDep, settings: SettingsDep, response: Response
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=ExperimentRead,
+    responses=error_responses(413, 422, 429),
+)
+async def create_experiment(
+    payload: ExperimentCreate,
+    caller: CallerDep,
+    database: DatabaseDep,
+    settings: SettingsDep,
+    response: Response,
 ) -> ExperimentRead:
     """Validate a spec and queue it for training."""
-    experiment = queue.enqueue(session, name=payload.name, spec=payload.to_spec())
-    response.headers["Location"] = f"/experiments/{experiment.id}"
-    return experiment_read(
-        session, get_experiment_or_404(session, experiment.id), lease_seconds=settings.lease_seconds
-    )
+    spec = payload.to_spec()
+    steps = spec.training_steps()
+    if steps > settings.max_training_steps:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"the spec asks for {steps:,} training steps ({spec.epochs} epochs × "
+            f"{steps // spec.epochs:,} steps per epoch), over the limit of "
+            f"{settings.max_training_steps:,} (MAX_TRAINING_STEPS): lower epochs or "
+            "train_samples, or raise batch_size",
+        )
+
+    def enqueue(session: Session) -> ExperimentRead:
+        # The view is built in the same transaction, so once it commits nothing can fail
+        # between the row and its 202.
+        experiment = queue.enqueue(
+            session,
+            name=payload.name,
+            spec=spec,
+            owner=caller.owner,
+            max_queued=settings.max_queued,
+        )
+        return experiment_read(
+            session,
+            get_experiment_or_404(session, experiment.id),
+            lease_seconds=settings.lease_seconds,
+        )
+
+    try:
+        created = await database.write(enqueue)
+    except queue.QueueFullError as error:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            str(error),
+            headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_SECONDS)},
+        ) from None
+    response.headers["Location"] = f"/experiments/{created.id}"
+    return created
 
 
-@router.get("", response_model=ExperimentPage)
-def list_experiments(
-    session: ReadSessionDep,
+@router.get("", response_model=ExperimentPage, responses=error_responses(422))
+async def list_experiments(
+    database: DatabaseDep,
     status_filter: Annotated[ExperimentStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 20,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_DATABASE_ID)] = 0,
 ) -> ExperimentPage:
     """Experiments, newest first, with the columns people compare."""
     conditions = [Experiment.status == status_filter] if status_filter else []
-    total = session.scalar(select(func.count()).select_from(Experiment).where(*conditions))
-    experiments = session.scalars(
-        select(Experiment)
-        .where(*conditions)
-        .options(selectinload(Experiment.epochs))
-        .order_by(Experiment.id.desc())
-        .limit(limit)
-        .offset(offset)
-    )
-    return ExperimentPage(
-        items=[experiment_list_item(e) for e in experiments],
-        total=total or 0,
-        limit=limit,
-        offset=offset,
-    )
+
+    def page(session: Session) -> ExperimentPage:
+        total = session.scalar(select(func.count()).select_from(Experiment).where(*conditions))
+        experiments = session.scalars(
+            select(Experiment)
+            .where(*conditions)
+            .options(selectinload(Experiment.epochs))
+            .order_by(Experiment.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        return ExperimentPage(
+            items=[experiment_list_item(e) for e in experiments],
+            total=total or 0,
+            limit=limit,
+            offset=offset,
+        )
+
+    return await database.read(page)
 
 
-@router.get("/{experiment_id}", response_model=ExperimentRead)
-def get_experiment(
-    experiment_id: int, session: ReadSessionDep, settings: SettingsDep
+@router.get("/{experiment_id}", response_model=ExperimentRead, responses=error_responses(404, 422))
+async def get_experiment(
+    experiment_id: ExperimentId, database: DatabaseDep, settings: SettingsDep
 ) -> ExperimentRead:
     """One experiment: status, progress, every finished epoch, attempts, test result."""
-    return experiment_read(
-        session, get_experiment_or_404(session, experiment_id), lease_seconds=settings.lease_seconds
+    return await database.read(
+        lambda session: experiment_read(
+            session,
+            get_experiment_or_404(session, experiment_id),
+            lease_seconds=settings.lease_seconds,
+        )
     )
 
 
 @router.post(
     "/{experiment_id}/cancel",
     response_model=ExperimentRead,
-    responses={202: {"description": "running: the worker stops it within seconds"}},
+    responses={
+        202: {"description": "running: the worker stops it within seconds"},
+        **error_responses(404, 409, 422),
+    },
 )
-def cancel_experiment(
-    experiment_id: int, session: SessionDep, settings: SettingsDep, response: Response
+async def cancel_experiment(
+    experiment_id: ExperimentId, database: DatabaseDep, settings: SettingsDep, response: Response
 ) -> ExperimentRead:
     """Cancel a queued experiment at once (200) or stop a running one (202); 409 if finished."""
-    experiment = get_experiment_or_404(session, experiment_id)
-    if not queue.request_cancel(session, experiment_id):
-        raise HTTPException(
-            status.HTTP_409_CONFLICT,
-            f"experiment {experiment_id} is {experiment.status}: only queued or running "
-            "experiments can be cancelled",
-        )
-    experiment = get_experiment_or_404(session, experiment_id)
-    if experiment.status == ExperimentStatus.RUNNING:
+
+    def cancel(session: Session) -> ExperimentRead:
+        experiment = get_experiment_or_404(session, experiment_id)
+        if not queue.request_cancel(session, experiment_id):
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                f"experiment {experiment_id} is {experiment.status}: only queued or running "
+                "experiments can be cancelled",
+            )
+        experiment = get_experiment_or_404(session, experiment_id)
+        return experiment_read(session, experiment, lease_seconds=settings.lease_seconds)
+
+    cancelled = await database.write(cancel)
+    if cancelled.status == ExperimentStatus.RUNNING:
         response.status_code = status.HTTP_202_ACCEPTED
-    return experiment_read(session, experiment, lease_seconds=settings.lease_seconds)
+    return cancelled
 
 
 @router.get(
     "/{experiment_id}/learning-curve.png",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}}},
+    responses={200: {"content": {"image/png": {}}}, **error_responses(404, 409, 422)},
 )
-def get_learning_curve(experiment_id: int, session: ReadSessionDep) -> Response:
+async def get_learning_curve(experiment_id: ExperimentId, database: DatabaseDep) -> Response:
     """Loss and accuracy per epoch as a PNG; 409 before the first epoch has finished."""
-    experiment = get_experiment_or_404(session, experiment_id)
+    experiment = await database.read(lambda session: get_experiment_or_404(session, experiment_id))
     if not experiment.epochs:
         raise HTTPException(
             status.HTTP_409_CONFLICT,
             f"experiment {experiment_id} has no finished epoch yet (status {experiment.status})",
         )
     title = f"experiment {experiment.id}" + (f": {experiment.name}" if experiment.name else "")
-    return Response(learning_curve_png(title, experiment.epochs), media_type="image/png")
+    # Plotting takes tens of milliseconds: off the event loop, and holding no connection.
+    png = await run_in_threadpool(learning_curve_png, title, experiment.epochs)
+    return Response(png, media_type="image/png")
 
 
 @router.get(
     "/{experiment_id}/model",
     response_class=Response,
-    responses={200: {"content": {"application/octet-stream": {}}}},
+    responses={
+        200: {"content": {"application/octet-stream": {}}},
+        **error_responses(404, 409, 422),
+    },
 )
-def download_model(experiment_id: int, session: ReadSessionDep) -> Response:
+async def download_model(experiment_id: ExperimentId, database: DatabaseDep) -> Response:
     """The trained model as a `.keras` file; 409 until the experiment has succeeded."""
-    experiment = get_experiment_or_404(session, experiment_id)
-    keras_file = session.scalar(
-        select(TrainedModel.keras_file).where(TrainedModel.experiment_id == experiment_id)
-    )
-    if keras_file is None:
-        raise HTTPException(
-            status.HTTP_409_CONFLICT,
-            f"experiment {experiment_id} has no trained model (status {experiment.status})",
+
+    def fetch(session: Session) -> bytes:
+        experiment = get_experiment_or_404(session, experiment_id)
+        keras_file = session.scalar(
+            select(TrainedModel.keras_file).where(TrainedModel.experiment_id == experiment_id)
         )
+        if keras_file is None:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                f"experiment {experiment_id} has no trained model (status {experiment.status})",
+            )
+        return keras_file
+
     return Response(
-        keras_file,
+        await database.read(fetch),
         media_type="application/octet-stream",
         headers={"Content-Disposition": f'attachment; filename="experiment-{experiment_id}.keras"'},
     )

@@ -1,27 +1,39 @@
 """GET /workers: the registered workers and what each is running."""
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from service.api.deps import ReadSessionDep, SettingsDep
+from service.api.deps import DatabaseDep, SettingsDep
+from service.api.errors import error_responses
+from service.api.security import authenticate
 from service.models import Worker
 from service.queue import alive_workers
 from service.schemas import WorkerRead
 
-router = APIRouter(prefix="/workers", tags=["workers"])
+router = APIRouter(
+    prefix="/workers",
+    tags=["workers"],
+    dependencies=[Depends(authenticate)],
+    responses=error_responses(401, 503),
+)
 
 
 @router.get("", response_model=list[WorkerRead])
-def list_workers(session: ReadSessionDep, settings: SettingsDep) -> list[WorkerRead]:
+async def list_workers(database: DatabaseDep, settings: SettingsDep) -> list[WorkerRead]:
     """Every registered worker, alive ones first, newest first."""
-    alive = alive_workers(session, lease_seconds=settings.lease_seconds).label("alive")
-    rows = session.execute(
-        select(Worker, alive).order_by(alive.desc(), Worker.started_at.desc())
-    ).all()
-    return [
-        WorkerRead.model_validate({**_columns(worker), "alive": bool(is_alive)})
-        for worker, is_alive in rows
-    ]
+
+    def rows(session: Session) -> list[WorkerRead]:
+        alive = alive_workers(session, lease_seconds=settings.lease_seconds).label("alive")
+        found = session.execute(
+            select(Worker, alive).order_by(alive.desc(), Worker.started_at.desc())
+        ).all()
+        return [
+            WorkerRead.model_validate({**_columns(worker), "alive": bool(is_alive)})
+            for worker, is_alive in found
+        ]
+
+    return await database.read(rows)
 
 
 def _columns(worker: Worker) -> dict:

@@ -1,6 +1,7 @@
 """Exception handlers: every error leaves as a short JSON `detail` that says what to do."""
 
 import logging
+import math
 
 from fastapi import FastAPI, Request, status
 from fastapi.exception_handlers import http_exception_handler
@@ -18,6 +19,7 @@ logger = logging.getLogger(__name__)
 DATABASE_RETRY_AFTER_SECONDS = 2
 # A 422 names each bad field; it repeats a scalar input only when it is this short.
 ECHO_LIMIT = 100
+CANDIDATE_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeoutError, DatabaseBusyError)
 
 
@@ -44,12 +46,18 @@ async def _invalid_request(_request: Request, error: RequestValidationError) -> 
     for entry in error.errors():
         short = {key: entry[key] for key in ("type", "loc", "msg") if key in entry}
         echo = entry.get("input")
-        if isinstance(echo, str | int | float | bool) and len(repr(echo)) <= ECHO_LIMIT:
+        if _echoable(echo):
             short["input"] = echo
         errors.append(short)
     return JSONResponse(
         status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, content={"detail": errors}
     )
+
+
+def _echoable(value: object) -> bool:
+    if isinstance(value, float) and not math.isfinite(value):
+        return False  # JSON has no NaN or Infinity.
+    return isinstance(value, str | int | float | bool) and len(repr(value)) <= ECHO_LIMIT
 
 
 async def _http_error(request: Request, error: StarletteHTTPException) -> Response:
@@ -68,9 +76,10 @@ async def _http_error(request: Request, error: StarletteHTTPException) -> Respon
 
 
 def _methods_for(request: Request) -> set[str]:
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match != Match.NONE:
-            methods |= getattr(route, "methods", None) or set()
-    return methods
+    """The methods some route of the app takes on this path (routers nest, so ask each)."""
+    return {
+        method
+        for method in CANDIDATE_METHODS
+        for route in request.app.router.routes
+        if route.matches({**request.scope, "method": method})[0] == Match.FULL
+    }

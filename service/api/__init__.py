@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -30,6 +31,9 @@ from service.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
+# The event loop shares the GIL with the threads doing database work; Python's default 5 ms
+# turn let a few of them hold up every answer on the loop, /health included.
+GIL_SWITCH_SECONDS = 0.001
 # /health never waits on the database: it reports the last count, refreshed this often.
 HEALTH_REFRESH_SECONDS = 2.0
 
@@ -69,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         stopping = asyncio.Event()
         watcher = asyncio.create_task(_watch_workers(app, settings.lease_seconds, stopping))
         freeze_heap()
+        sys.setswitchinterval(GIL_SWITCH_SECONDS)
         yield
         # Not cancelled: a count in flight finishes and returns its connection first.
         stopping.set()

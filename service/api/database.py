@@ -18,9 +18,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 Result = TypeVar("Result")
 
-READ_SLOTS = 8
+READ_SLOTS = 4
 # PostgreSQL serves concurrent writers; SQLite serializes them.
-WRITE_SLOTS = {"sqlite": 1, "postgresql": 4}
+WRITE_SLOTS = {"sqlite": 1, "postgresql": 2}
 POOL_SIZE = READ_SLOTS + max(WRITE_SLOTS.values())
 
 

@@ -75,6 +75,14 @@ def test_hostile_json_bodies_are_4xx(client, body):
     assert client.get("/experiments").json()["total"] == 0
 
 
+def test_a_body_that_is_not_utf8_json_says_so(client):
+    response = client.post(
+        "/experiments", content=b"\xff&y", headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert response.json()["detail"].startswith("the body cannot be read as JSON: ")
+
+
 def test_bodies_over_the_limit_are_413_before_they_are_read(client):
     declared = client.post(
         "/experiments",

@@ -5,6 +5,7 @@ from typing import Any
 from pydantic import BaseModel
 
 ERROR_DESCRIPTIONS = {
+    400: "the body cannot be read: not UTF-8, not JSON, or nested too deeply",
     401: "no API key, or a wrong one",
     403: "refused: a cross-site browser request",
     404: "no such experiment",

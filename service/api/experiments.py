@@ -50,7 +50,7 @@ def get_experiment_or_404(session: Session, experiment_id: int) -> Experiment:
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=ExperimentRead,
-    responses=error_responses(413, 422, 429),
+    responses=error_responses(400, 413, 422, 429),
 )
 async def create_experiment(
     payload: ExperimentCreate,

@@ -61,6 +61,13 @@ def _echoable(value: object) -> bool:
 
 
 async def _http_error(request: Request, error: StarletteHTTPException) -> Response:
+    if error.status_code == status.HTTP_400_BAD_REQUEST and error.__cause__ is not None:
+        # FastAPI's own "There was an error parsing the body" does not say what the error is.
+        reason = str(error.__cause__)[:ECHO_LIMIT] or type(error.__cause__).__name__
+        return JSONResponse(
+            status_code=status.HTTP_400_BAD_REQUEST,
+            content={"detail": f"the body cannot be read as JSON: {reason}"},
+        )
     if error.status_code != status.HTTP_405_METHOD_NOT_ALLOWED:
         return await http_exception_handler(request, error)
     # Starlette names the methods of the first route that matched the path only.

@@ -10,6 +10,8 @@ from tests.conftest import ROOT
 
 # Variables that configure images rather than the service.
 IMAGE_VARIABLES = {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB", "PGPORT"}
+# Variables only docker-compose.yml reads.
+COMPOSE_VARIABLES = {"API_PORT", "API_BIND", "CONVLAB_API_KEY"}
 
 
 def load(path: Path) -> dict:
@@ -47,7 +49,7 @@ def test_every_environment_variable_is_a_known_setting():
     for line in example.read_text().splitlines():
         line = line.lstrip("# ").strip()
         if "=" in line and line.split("=")[0].isupper():
-            assert line.split("=")[0] in known | {"API_PORT"}, line
+            assert line.split("=")[0] in known | COMPOSE_VARIABLES, line
 
 
 def test_stack_has_database_migrations_api_and_both_workers():
@@ -60,3 +62,14 @@ def test_stack_has_database_migrations_api_and_both_workers():
     devices = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["capabilities"] == ["gpu"]
     assert "postgres-data:/var/lib/postgresql/data" in services["postgres"]["volumes"]
+
+
+def test_compose_has_no_default_secret_and_publishes_on_loopback():
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert text.count("${POSTGRES_PASSWORD:?") == 2 and ":-convlab}" not in text
+    api = load(ROOT / "docker-compose.yml")["services"]["api"]
+    assert api["environment"]["API_KEYS"].startswith("${CONVLAB_API_KEY:?")
+    assert api["ports"] == ["${API_BIND:-127.0.0.1}:${API_PORT:-8000}:8000"]
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        if line.startswith(("POSTGRES_PASSWORD=", "CONVLAB_API_KEY=")):
+            assert line.endswith("="), "the example must not ship a secret"

@@ -7,6 +7,11 @@ cd "$(dirname "$0")/../.."
 
 PROJECT=convlabtest
 API=http://127.0.0.1:18000
+# The compose file refuses to start without both secrets; the test makes its own.
+POSTGRES_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_urlsafe(16))')
+CONVLAB_API_KEY=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')
+export POSTGRES_PASSWORD CONVLAB_API_KEY
+AUTH=(-H "Authorization: Bearer $CONVLAB_API_KEY")
 BASE_IMAGE=${BASE_IMAGE:-convlab-base:bookworm}
 COMPOSE_CLI=(docker-compose)
 command -v docker-compose >/dev/null || COMPOSE_CLI=(docker compose)
@@ -73,21 +78,21 @@ wait_for_api() {
 step "docker compose up (postgres, migrate, api, worker)"
 "${COMPOSE[@]}" up -d --no-build || fail "compose up"
 wait_for_api
-curl -fsS "$API/workers"; echo
+curl -fsS "${AUTH[@]}" "$API/workers"; echo
 
 step "Submit an experiment and poll it to succeeded"
-id=$(curl -fsS -X POST "$API/experiments" -H 'content-type: application/json' \
+id=$(curl -fsS "${AUTH[@]}" -X POST "$API/experiments" -H 'content-type: application/json' \
   -d '{"name": "docker smoke", "conv_layers": 1, "filters": 8, "epochs": 2, "train_samples": 2000}' \
   | python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])') || fail "POST /experiments"
 echo "experiment $id"
 status=""
 for _ in $(seq 300); do
-  status=$(curl -fsS "$API/experiments/$id" | python3 -c 'import json, sys; print(json.load(sys.stdin)["status"])')
+  status=$(curl -fsS "${AUTH[@]}" "$API/experiments/$id" | python3 -c 'import json, sys; print(json.load(sys.stdin)["status"])')
   case "$status" in succeeded) break ;; failed|cancelled) fail "experiment $id ended $status" ;; esac
   sleep 1
 done
 [ "$status" = succeeded ] || fail "experiment $id still $status"
-curl -fsS "$API/experiments/$id" | python3 -c 'import json, sys; b = json.load(sys.stdin); print("test accuracy", b["test"]["accuracy"], "on", b["device"])'
+curl -fsS "${AUTH[@]}" "$API/experiments/$id" | python3 -c 'import json, sys; b = json.load(sys.stdin); print("test accuracy", b["test"]["accuracy"], "on", b["device"])'
 
 step "Classify a Fashion-MNIST test image (an ankle boot)"
 png=$(mktemp --suffix=.png)
@@ -99,7 +104,7 @@ image = np.frombuffer(data, np.uint8, offset=16)[:784].reshape(28, 28)
 buffer = io.BytesIO(); Image.fromarray(image).save(buffer, format="PNG")
 sys.stdout.buffer.write(buffer.getvalue())' >"$png" || fail "making a test image"
 predict() {
-  curl -fsS -F "image=@$png" "$API/predict?experiment_id=$id" \
+  curl -fsS "${AUTH[@]}" -F "image=@$png" "$API/predict?experiment_id=$id" \
     | python3 -c 'import json, sys; p = json.load(sys.stdin)["predictions"][0]; print(p["class_name"], round(p["confidence"], 3))'
 }
 predict || fail "POST /predict"
@@ -109,17 +114,21 @@ step "docker compose down, then up with two workers: the experiment and its mode
 "${COMPOSE[@]}" up -d --no-build --scale worker=2 || fail "compose up again"
 wait_for_api
 for _ in $(seq 60); do
-  alive=$(curl -fsS "$API/workers" | python3 -c 'import json, sys; print(sum(w["alive"] for w in json.load(sys.stdin)))')
+  alive=$(curl -fsS "${AUTH[@]}" "$API/workers" | python3 -c 'import json, sys; print(sum(w["alive"] for w in json.load(sys.stdin)))')
   [ "$alive" = 2 ] && break
   sleep 1
 done
 [ "$alive" = 2 ] || fail "expected 2 alive workers, found $alive"
 echo "workers alive: $alive"
-after=$(curl -fsS "$API/experiments/$id" | python3 -c 'import json, sys; b = json.load(sys.stdin); print(b["status"], b["model"]["sha256"])')
+after=$(curl -fsS "${AUTH[@]}" "$API/experiments/$id" | python3 -c 'import json, sys; b = json.load(sys.stdin); print(b["status"], b["model"]["sha256"])')
 echo "after restart: $after"
 [ "${after%% *}" = succeeded ] || fail "experiment $id lost its state"
 predict || fail "POST /predict after restart"
 rm -f "$png"
+
+step "Without the key the API answers 401"
+code=$(curl -s -o /dev/null -w '%{http_code}' "$API/experiments")
+[ "$code" = 401 ] || fail "GET /experiments without a key answered $code"
 
 step "Shut down (volumes removed)"
 down_all

@@ -13,17 +13,28 @@ CONVLAB_API_KEY=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')
 export POSTGRES_PASSWORD CONVLAB_API_KEY
 AUTH=(-H "Authorization: Bearer $CONVLAB_API_KEY")
 BASE_IMAGE=${BASE_IMAGE:-convlab-base:bookworm}
-COMPOSE_CLI=(docker-compose)
-command -v docker-compose >/dev/null || COMPOSE_CLI=(docker compose)
 # Host networking cannot publish ports, and an override can only add to `ports`: merge the
 # files, then drop them.
 MERGED=$(mktemp --suffix=.yml)
-COMPOSE=("${COMPOSE_CLI[@]}" -p "$PROJECT" -f "$MERGED")
+COMPOSE=(docker-compose -p "$PROJECT" -f "$MERGED")  # Chosen below, once installed.
 
 step() { printf '\n==> %s\n' "$*"; }
 fail() { printf '\nFAILED: %s\n' "$*" >&2; "${COMPOSE[@]}" logs --tail 50 >&2 || true; exit 1; }
 
 step "Docker engine"
+# What the test needs and Debian has: installed here when this is Debian and we are root.
+missing=()
+command -v dockerd >/dev/null || missing+=(docker.io)
+command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 \
+  || missing+=(docker-compose)
+command -v debootstrap >/dev/null || missing+=(debootstrap)
+if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "installing ${missing[*]}"
+  (apt-get install -y -q "${missing[@]}" || (apt-get update -q && apt-get install -y -q "${missing[@]}")) \
+    >/dev/null || fail "apt-get install ${missing[*]}"
+fi
+command -v docker-compose >/dev/null && COMPOSE_CLI=(docker-compose) || COMPOSE_CLI=(docker compose)
+COMPOSE=(docker-compose -p "$PROJECT" -f "$MERGED")  # Chosen below, once installed.
 if ! docker info >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v dockerd >/dev/null; then
     echo "starting dockerd (vfs storage, no iptables, no bridge)"
@@ -32,7 +43,8 @@ if ! docker info >/dev/null 2>&1; then
   fi
 fi
 if ! docker info >/dev/null 2>&1; then
-  echo "SKIPPED: no Docker engine can run here (install docker.io and run as root)"
+  echo "SKIPPED: make docker-test: no Docker engine can run here, and it cannot be installed"
+  echo "SKIPPED: (needs root on Debian for apt-get install docker.io docker-compose debootstrap)"
   exit 0
 fi
 

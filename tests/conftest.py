@@ -1,6 +1,7 @@
 """Shared fixtures: a migrated database per test, the API over httpx, an in-process worker."""
 
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -72,20 +73,36 @@ def upgrade(database_url: str) -> None:
 
 
 @contextmanager
-def fresh_postgres_database() -> Iterator[str]:
-    """A new, empty database on the real PostgreSQL server, dropped afterwards."""
+def fresh_postgres_database(template: str | None = None) -> Iterator[str]:
+    """A new database on the real PostgreSQL server (a copy of `template`), dropped afterwards."""
     admin_url = make_url(POSTGRES_URL)
     # No pool: a server restart in a test must not leave this engine a dead connection.
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     name = f"convlab_test_{uuid.uuid4().hex[:12]}"
+    copy = f' TEMPLATE "{template}"' if template else ""
     with admin.connect() as connection:
-        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"{copy}')
     try:
         yield admin_url.set(database=name).render_as_string(hide_password=False)
     finally:
         with admin.connect() as connection:
             connection.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
         admin.dispose()
+
+
+# Migrating takes about a second a database; each test copies one migrated template instead.
+@pytest.fixture(scope="session")
+def postgres_template() -> Iterator[str]:
+    with fresh_postgres_database() as url:
+        upgrade(url)
+        yield make_url(url).database
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    upgrade(f"sqlite:///{path}")
+    return path
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -95,15 +112,15 @@ def backend(request) -> str:
 
 
 @pytest.fixture
-def database_url(backend: str, tmp_path: Path) -> Iterator[str]:
+def database_url(backend: str, tmp_path: Path, request) -> Iterator[str]:
+    """A migrated database of the test's own."""
     if backend == "postgresql":
-        with fresh_postgres_database() as url:
-            upgrade(url)
+        with fresh_postgres_database(request.getfixturevalue("postgres_template")) as url:
             yield url
         return
-    url = f"sqlite:///{tmp_path / 'test.db'}"
-    upgrade(url)
-    yield url
+    path = tmp_path / "test.db"
+    shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+    yield f"sqlite:///{path}"
 
 
 @pytest.fixture

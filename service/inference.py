@@ -1,18 +1,14 @@
-"""Turning uploads into model input, and serving trained models from a bounded cache."""
+"""Serving trained models: a bounded cache of loaded models, the heap freeze after loads, and
+the response entry for each prediction."""
 
-import base64
-import binascii
 import gc
-import io
 import threading
-import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.architecture import FLOAT_BYTES, IMAGE_SIZE
 from service.datasets import CLASS_NAMES
@@ -20,16 +16,6 @@ from service.training import load_model_bytes
 
 if TYPE_CHECKING:
     from service.batching import MicroBatcher
-
-ROTATABLE_FORMATS = frozenset({"JPEG", "MPO", "TIFF", "WEBP", "HEIF"})
-
-# Fashion-MNIST shows light garments on a black background; a brighter border means the
-# picture is the other way round.
-LIGHT_BACKGROUND = 127.5
-
-# Every gray level's model input, looked up per pixel: the training data's scaling to [0, 1].
-LEVELS = np.arange(256, dtype=np.float32) / 255.0
-INVERTED_LEVELS = LEVELS[::-1].copy()
 
 
 def freeze_heap() -> None:
@@ -42,101 +28,6 @@ def freeze_heap() -> None:
     gc.unfreeze()
     gc.collect()
     gc.freeze()
-
-
-class InvalidImageError(ValueError):
-    """The input is not an image, or not one of the shapes a model takes."""
-
-
-class ImageTooLargeError(ValueError):
-    """The image has more pixels than the configured limit."""
-
-
-def decode_image(data: bytes, *, max_pixels: int, invert: bool | None = None) -> np.ndarray:
-    """Any Pillow-readable image → a 28×28 float32 array scaled like the training data."""
-    try:
-        with warnings.catch_warnings():
-            # Pillow only warns between one and two times its limit; refuse all of it.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            Image.MAX_IMAGE_PIXELS = max_pixels
-            image = Image.open(io.BytesIO(data))
-            # Reading the header is cheap; the pixels are decoded only below the limit.
-            if image.width * image.height <= max_pixels:
-                image.draft("L", (IMAGE_SIZE * 2, IMAGE_SIZE * 2))
-                if image.format in ROTATABLE_FORMATS:  # Phone photos carry their rotation.
-                    image = ImageOps.exif_transpose(image)
-                image.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageTooLargeError(f"{error}: scale the image down") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise InvalidImageError(
-            f"cannot decode the upload as an image ({error}): send a PNG or JPEG"
-        ) from None
-    if image.width * image.height > max_pixels:
-        raise ImageTooLargeError(
-            f"the image is {image.width}×{image.height}, over the limit of "
-            f"{max_pixels:,} pixels: scale it down"
-        )
-    return _to_model_pixels(image, invert)
-
-
-def _to_model_pixels(image: Image.Image, invert: bool | None) -> np.ndarray:
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        # Transparent areas are background: flatten them onto white before going gray.
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
-    gray = image if image.mode == "L" else image.convert("L")
-
-    levels = np.asarray(gray)
-    background_level = _median(np.concatenate([levels[0], levels[-1], levels[:, 0], levels[:, -1]]))
-    if gray.size != (IMAGE_SIZE, IMAGE_SIZE):
-        # Pad to a square in the background colour so the garment keeps its proportions.
-        side = max(gray.size)
-        square = Image.new("L", (side, side), round(background_level))
-        square.paste(gray, ((side - gray.width) // 2, (side - gray.height) // 2))
-        levels = np.asarray(square.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS))
-
-    if invert is None:
-        invert = background_level > LIGHT_BACKGROUND
-    return (INVERTED_LEVELS if invert else LEVELS)[levels]
-
-
-def _median(values: np.ndarray) -> float:
-    """np.median's answer for a short array, without its general-purpose overhead."""
-    ordered = np.sort(values)
-    middle = len(ordered) // 2
-    return (float(ordered[(len(ordered) - 1) // 2]) + float(ordered[middle])) / 2
-
-
-def decode_b64(text: str, *, max_pixels: int, invert: bool | None = None) -> np.ndarray:
-    """A base64-encoded image, as TensorFlow Serving's {"b64": ...} carries it."""
-    try:
-        data = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as error:
-        raise InvalidImageError(f"b64 is not valid base64 ({error})") from None
-    return decode_image(data, max_pixels=max_pixels, invert=invert)
-
-
-def parse_array(values: object) -> np.ndarray:
-    """A 28×28 (or 28×28×1) nested list: 0–255 integers or 0–1 floats."""
-    try:
-        array = np.asarray(values)
-    except ValueError:
-        raise InvalidImageError("the array is ragged: every row needs 28 values") from None
-    if array.shape == (IMAGE_SIZE, IMAGE_SIZE, 1):
-        array = array[..., 0]
-    if array.shape != (IMAGE_SIZE, IMAGE_SIZE):
-        raise InvalidImageError(f"the array has shape {list(array.shape)}; expected [28, 28]")
-    if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.number):
-        raise InvalidImageError("the array must hold numbers")
-    if np.issubdtype(array.dtype, np.integer):
-        if array.min() < 0 or array.max() > 255:
-            raise InvalidImageError("integer pixels must be between 0 and 255")
-        return array.astype(np.float32) / 255.0
-    if not np.all(np.isfinite(array)) or array.min() < 0 or array.max() > 1:
-        raise InvalidImageError("float pixels must be between 0 and 1 (send 0–255 as integers)")
-    return array.astype(np.float32)
 
 
 @dataclass

@@ -13,9 +13,10 @@ import httpx2 as httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from service.api import create_app
+from service.api import predict as predict_route
 from service.db import create_db_engine, create_session_factory
 from service.settings import Settings
 from service.worker import Worker
@@ -36,7 +37,11 @@ def trained(predict_database):
     """One experiment trained on 3,000 images, served by a client with a small upload limit."""
     url = predict_database
     settings = Settings(
-        database_url=url, max_upload_bytes=2_000_000, max_image_pixels=4_000_000, _env_file=None
+        database_url=url,
+        max_upload_bytes=2_000_000,
+        max_image_pixels=4_000_000,
+        allowed_hosts=["testserver"],
+        _env_file=None,
     )
     with TestClient(create_app(settings)) as client:
         spec = {"conv_layers": 1, "filters": 16, "epochs": 2, "train_samples": 3000, "seed": 3}
@@ -149,6 +154,22 @@ def test_raw_image_body_is_accepted(trained, dataset):
         ({"json": {"instances": [{"url": "x"}]}}, 422, '{"b64": "<base64 image>"}'),
         ({"json": {"images": []}}, 422, '{"instances": [...]}'),
         ({"content": b"{", "headers": {"content-type": "application/json"}}, 422, "not valid JSON"),
+        (
+            {
+                "content": b'{"instances": [' + b"7" * 5000 + b"]}",
+                "headers": {"content-type": "application/json"},
+            },
+            422,
+            "a number with too many digits",
+        ),
+        (
+            {
+                "content": b'{"instances": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                "headers": {"content-type": "application/json"},
+            },
+            422,
+            "nested too deeply",
+        ),
         ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "'text/plain'"),
         ({"json": {"instances": [[[0] * 28] * 28] * 300}}, 413, "over the limit of 256"),
         (
@@ -163,6 +184,16 @@ def test_bad_inputs_get_clear_errors(trained, kwargs, status, message):
     response = client.post("/predict", **kwargs)
     assert response.status_code == status, response.text
     assert message in response.json()["detail"]
+
+
+def test_an_undecodable_upload_is_described_in_our_words(trained):
+    client, _ = trained
+    response = client.post("/predict", content=b"GIF89a?", headers={"content-type": "image/gif"})
+    assert response.status_code == 422
+    assert response.json()["detail"] == (
+        "instance 0: cannot decode the upload as an image: no format we read recognizes it; "
+        "send a PNG or JPEG"
+    )
 
 
 def test_a_body_without_a_declared_length_is_cut_off_at_the_limit(trained):
@@ -184,6 +215,80 @@ def test_image_with_too_many_pixels_is_413_before_decoding(trained):
     )
     assert response.status_code == 413
     assert "pixels" in response.json()["detail"]
+
+
+def test_small_pictures_decode_on_the_event_loop_and_large_ones_in_a_thread(
+    trained, dataset, monkeypatch
+):
+    """Where decoding runs follows the pixels the header announces, not the size of the file."""
+    client, _ = trained
+    sent_to_threads: list[str] = []
+
+    async def recording_run_in_threadpool(function, *args):
+        sent_to_threads.append(function.__name__)
+        return function(*args)
+
+    monkeypatch.setattr(predict_route, "run_in_threadpool", recording_run_in_threadpool)
+
+    def threads_used(data: bytes) -> list[str]:
+        sent_to_threads.clear()
+        response = client.post("/predict", content=data, headers={"content-type": "image/png"})
+        assert response.status_code == 200, response.text
+        return [name for name in sent_to_threads if name != "resolve"]
+
+    assert threads_used(png_bytes(dataset.test_images[0])) == []
+    # 96 bytes, but padded to a 2,000×2,000 square before it is resized.
+    buffer = io.BytesIO()
+    Image.new("L", (1, 2000)).save(buffer, format="PNG")
+    assert threads_used(buffer.getvalue()) == ["_to_batch"]
+    # Reading a large file's header is work too: a 28×28 picture with 8 kB of metadata.
+    buffer = io.BytesIO()
+    Image.fromarray(dataset.test_images[0]).save(buffer, format="PNG", pnginfo=large_text())
+    assert threads_used(buffer.getvalue()) == ["_decode_all"]
+
+
+def large_text() -> PngImagePlugin.PngInfo:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", "x" * 8192)
+    return info
+
+
+def test_content_type_and_empty_body_are_checked_before_any_model_look_up(client):
+    """No experiment has a model here: a look-up would answer 409."""
+    text = client.post("/predict", content=b"hello", headers={"content-type": "text/plain"})
+    assert text.status_code == 415
+    for content_type in ("image/png", "application/json", "multipart/form-data; boundary=x"):
+        empty = client.post("/predict", content=b"", headers={"content-type": content_type})
+        assert empty.status_code == 422, content_type
+        assert "the body is empty" in empty.json()["detail"]
+
+
+@pytest.mark.parametrize("experiment_id", [0, -1, 2**31, 2**63, 2**64])
+def test_experiment_ids_outside_the_database_range_are_422(client, experiment_id):
+    response = client.post(
+        "/predict", params={"experiment_id": experiment_id}, json={"instances": [[[0] * 28] * 28]}
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["query", "experiment_id"]
+
+
+def test_openapi_documents_the_predict_body_and_its_errors():
+    document = create_app(Settings(database_url="sqlite://", _env_file=None)).openapi()
+    operation = document["paths"]["/predict"]["post"]
+    content = operation["requestBody"]["content"]
+    assert content["multipart/form-data"]["schema"]["properties"]["image"] == {
+        "type": "string",
+        "format": "binary",
+    }
+    assert content["application/json"]["schema"]["required"] == ["instances"]
+    assert content["image/*"]["schema"]["format"] == "binary"
+    assert {"401", "404", "409", "413", "415", "422", "503"} <= set(operation["responses"])
+    (experiment_id,) = [p for p in operation["parameters"] if p["name"] == "experiment_id"]
+    assert experiment_id["schema"]["anyOf"][0] == {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 2**31 - 1,
+    }
 
 
 def test_unknown_and_unfinished_experiments(trained):

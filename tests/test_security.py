@@ -33,6 +33,7 @@ def test_with_keys_every_route_but_health_needs_a_valid_key(keyed_settings):
             ("POST", "/experiments"),
             ("POST", "/experiments/1/cancel"),
             ("GET", "/workers"),
+            ("POST", "/predict"),
         ]:
             missing = client.request(method, path, json=TINY_SPEC)
             assert missing.status_code == 401, (method, path)
@@ -53,6 +54,8 @@ def test_auth_reads_false_opens_reads_and_keeps_writes_closed(keyed_settings):
     with TestClient(create_app(open_reads)) as client:
         assert client.get("/experiments").status_code == 200
         assert client.get("/workers").status_code == 200
+        blank = {"instances": [[[0] * 28] * 28]}
+        assert client.post("/predict", json=blank).status_code == 409  # Open; no model yet.
         assert client.post("/experiments", json=TINY_SPEC).status_code == 401
         assert client.post("/experiments/1/cancel").status_code == 401
         # A wrong key is refused even where none is needed: it is a mistake worth telling.

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from PIL import Image
@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from service.api.deps import ModelCacheDep, SettingsDep
 from service.api.errors import error_responses
 from service.api.experiments import get_experiment_or_404
+from service.api.security import authenticate
 from service.api.uploads import (
     MalformedMultipartError,
     multipart_field,
@@ -39,7 +40,7 @@ from service.models import Experiment, ExperimentStatus, TrainedModel
 from service.schemas import MAX_DATABASE_ID, PredictResponse
 from service.settings import Settings
 
-router = APIRouter(tags=["predict"])
+router = APIRouter(tags=["predict"], dependencies=[Depends(authenticate)])
 
 # Work small enough to cost less than a thread hop runs on the event loop, the rest in a
 # thread. Reading a header costs time in proportion to the file, not to its pixels (5 MB of
@@ -314,7 +315,7 @@ async def _serving_model(
 @router.post(
     "/predict",
     response_model=PredictResponse,
-    responses=error_responses(401, 404, 409, 413, 415, 422, 503),
+    responses=error_responses(401, 403, 404, 409, 413, 415, 422, 503),
     openapi_extra={"requestBody": REQUEST_BODY},
 )
 async def predict(

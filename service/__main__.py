@@ -6,7 +6,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+from types import FrameType
+from typing import NoReturn
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Keep TensorFlow's C++ start-up chatter out.
 
@@ -16,6 +20,14 @@ from service.threads import limit_backend_threads
 ROOT = Path(__file__).resolve().parent.parent
 # Beyond the worker's own grace period, before `up` kills a worker that will not stop.
 WORKER_STOP_MARGIN_SECONDS = 15
+# `up` restarts a worker that exits on its own after a pause that doubles from the first to
+# the longest, and is back to the first once a worker has run for WORKER_STABLE_SECONDS.
+RESTART_FIRST_DELAY_SECONDS = 1.0
+RESTART_LONGEST_DELAY_SECONDS = 30.0
+WORKER_STABLE_SECONDS = 60.0
+
+# Not __name__, which is "__main__" when this runs as `python -m service`.
+logger = logging.getLogger("service.up")
 
 
 def migrate() -> None:
@@ -26,6 +38,9 @@ def migrate() -> None:
     settings = get_settings()
     config = Config(ROOT / "alembic.ini")
     config.attributes["database_url"] = settings.database_url
+    # main() has set up logging; alembic.ini's would raise the root level to WARNING and hide
+    # what `up` logs after migrating (its worker supervision).
+    config.attributes["configure_logger"] = False
     command.upgrade(config, "head")
 
 
@@ -68,20 +83,79 @@ def run_worker(device: str | None, drain: bool) -> None:
         raise SystemExit(f"worker refused: {error}") from None
 
 
+class WorkerSupervisor(threading.Thread):
+    """Runs `python -m service worker` beside the API, and starts it again when it exits
+    without having been asked to (a crash, the kernel's OOM killer, a stray kill -9)."""
+
+    def __init__(self) -> None:
+        super().__init__(name="worker-supervisor", daemon=True)
+        self._stopping = threading.Event()
+        # Held while starting a worker, so stop() never misses one started just then.
+        self._lock = threading.Lock()
+        self._worker: subprocess.Popen | None = None
+
+    def run(self) -> None:
+        delay = RESTART_FIRST_DELAY_SECONDS
+        while (worker := self._start_worker()) is not None:
+            started = time.monotonic()
+            exit_code = worker.wait()
+            if self._stopping.is_set():
+                return
+            if time.monotonic() - started >= WORKER_STABLE_SECONDS:
+                delay = RESTART_FIRST_DELAY_SECONDS
+            logger.error(
+                "worker process %s exited with code %s; restarting it in %g s",
+                worker.pid,
+                exit_code,
+                delay,
+            )
+            if self._stopping.wait(delay):
+                return
+            delay = min(delay * 2, RESTART_LONGEST_DELAY_SECONDS)
+
+    def _start_worker(self) -> subprocess.Popen | None:
+        """A new worker process; None once stopping."""
+        with self._lock:
+            if self._stopping.is_set():
+                return None
+            # A session of its own, so Ctrl-C reaches the worker once, as stop()'s SIGTERM.
+            self._worker = subprocess.Popen(
+                [sys.executable, "-m", "service", "worker"], start_new_session=True
+            )
+        logger.info("worker process %s started", self._worker.pid)
+        return self._worker
+
+    def stop(self, timeout: float) -> None:
+        """Restart no more; SIGTERM the worker, and kill it if it has not exited in `timeout`."""
+        with self._lock:
+            self._stopping.set()
+            worker = self._worker
+        if worker is not None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(timeout)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+        self.join()
+
+
+def _exit_on_sigterm(_signum: int, _frame: FrameType | None) -> NoReturn:
+    raise SystemExit(0)
+
+
 def run_all() -> None:
-    """Migrations, then one worker in a child process and the API in this one."""
+    """Migrations, then the API in this process and one worker beside it, kept running."""
+    # uvicorn handles SIGTERM, then raises it again once the API has shut down; by default
+    # that would end this process at once and leave the worker running on its own.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     migrate()
-    # A session of its own, so Ctrl-C reaches the worker once, as the SIGTERM sent below.
-    worker = subprocess.Popen([sys.executable, "-m", "service", "worker"], start_new_session=True)
+    supervisor = WorkerSupervisor()
+    supervisor.start()
     try:
         run_api()
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(get_settings().shutdown_grace_seconds + WORKER_STOP_MARGIN_SECONDS)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+        supervisor.stop(get_settings().shutdown_grace_seconds + WORKER_STOP_MARGIN_SECONDS)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,6 +15,8 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from service.threads import limit_backend_threads
 
 PARENT_CHECK_SECONDS = 1.0
@@ -63,8 +65,10 @@ class TrainerProcess:
             raise TrainerCrashedError("the training process did not start")
         _kind, gpus = self.receive()
         self.gpus: list[str] = gpus
+        self.experiments = 0
 
     def start(self, spec_json: dict, device: str, resume: tuple[int, bytes] | None) -> None:
+        self.experiments += 1
         self.stop_now.clear()
         self.stop_after_epoch.clear()
         self.epoch.value = resume[0] if resume else 0
@@ -89,6 +93,17 @@ class TrainerProcess:
 
     def alive(self) -> bool:
         return self.process.is_alive()
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    def memory_bytes(self) -> int:
+        """The child's resident memory (RSS); 0 once it has exited."""
+        try:
+            return psutil.Process(self.process.pid).memory_info().rss
+        except psutil.NoSuchProcess:
+            return 0
 
     def kill(self) -> None:
         self.process.kill()
@@ -175,6 +190,7 @@ def _serve(
     from service.training import (
         TrainingInterrupted,
         available_gpus,
+        clear_backend_state,
         describe_device,
         save_model_bytes,
         steps_per_epoch,
@@ -191,7 +207,10 @@ def _serve(
             if flags.orphaned:
                 return
             continue
-        message: Any = connection.recv()
+        try:
+            message: Any = connection.recv()
+        except EOFError:  # The worker died: no one is left to train for.
+            return
         if message[0] == "exit":
             return
         _, spec_json, device, resume = message
@@ -223,3 +242,7 @@ def _serve(
         except Exception as error:
             traceback.print_exc()
             connection.send(("error", f"{type(error).__name__}: {error}"))
+        finally:
+            # Past the except blocks no traceback holds the run's frames, so its model is
+            # unreachable and the collection in here frees it.
+            clear_backend_state()

@@ -235,6 +235,35 @@ def train(
     )
 
 
+def clear_backend_state() -> None:
+    """Forget every model built so far, so a training process that lives across experiments
+    does not grow with each one: Keras's global state, the backend's graphs and kernel
+    caches, and (through a full collection) the reference cycles a model and its layers form.
+    """
+    if keras.backend.backend() == "tensorflow":
+        _forget_custom_gradients()
+    keras.backend.clear_session()
+
+
+def _forget_custom_gradients() -> None:
+    """Drop the gradient functions TensorFlow registered while tracing finished runs.
+
+    Its default distribution strategy sums the gradients of every traced training step
+    through `tf.custom_gradient`, which registers a gradient function under a fresh
+    `CustomGradient-<uid>` name in a process-wide registry and never removes it; each one
+    holds its traced graph (about 8 MB per small experiment with TensorFlow 2.21), and
+    `clear_session` leaves them there. Between experiments no traced function is alive to
+    need them. Best effort: should TensorFlow rename its registry, nothing is dropped and the
+    worker's TRAINER_MAX_RSS_BYTES still bounds the process.
+    """
+    from tensorflow.python.framework import ops
+
+    registry = getattr(getattr(ops, "_gradient_registry", None), "_registry", None)
+    if isinstance(registry, dict):
+        for name in [name for name in registry if name.startswith("CustomGradient-")]:
+            del registry[name]
+
+
 def save_model_bytes(model: keras.Model) -> bytes:
     """The model as the bytes of a `.keras` file."""
     with tempfile.TemporaryDirectory() as directory:

@@ -2,7 +2,7 @@
 
 The worker holds the lease (heartbeats from this process, never from inside a training step),
 writes every result under its claim's token, and decides what each way of stopping means:
-cancel, shutdown, a lost lease, a crashed training process.
+cancel, shutdown, a lost lease, a crashed training process, a run past MAX_RUN_SECONDS.
 """
 
 import logging
@@ -12,6 +12,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from threading import Event
 from types import FrameType
 from typing import TypeVar
@@ -28,6 +29,9 @@ logger = logging.getLogger(__name__)
 
 MESSAGE_WAIT_SECONDS = 0.05
 DATABASE_RETRY_SECONDS = 0.5
+# How long a run past MAX_RUN_SECONDS gets to stop between batches before it is killed.
+OVERDUE_KILL_SECONDS = 2.0
+MIB = 1024**2
 Result = TypeVar("Result")
 
 
@@ -44,6 +48,27 @@ def resolve_device(requested: str, gpus: list[str]) -> str:
     if requested == "auto":
         return "gpu" if gpus else "cpu"
     return requested
+
+
+@dataclass
+class _Run:
+    """One claimed experiment being trained, and what the worker has decided about it."""
+
+    claim: queue.Claim
+    trainer: TrainerProcess
+    # This attempt's claim plus MAX_RUN_SECONDS, on this worker's monotonic clock: the claim
+    # does not say how long earlier attempts ran.
+    deadline: float
+    lease_lost: bool = False
+    cancelling: bool = False
+    overdue: bool = False
+    kill_at: float | None = None
+    grace_deadline: float | None = None
+    next_heartbeat: float = 0.0
+
+    def lose_lease(self) -> None:
+        self.lease_lost = True
+        self.trainer.stop_now.set()
 
 
 class _Wakeup:
@@ -165,6 +190,8 @@ class Worker:
                 # The lease runs out and another worker (or this one) resumes the experiment.
                 logger.error("experiment %s: %s", claim.experiment_id, error)
                 self._replace_trainer()
+            else:
+                self._renew_worn_trainer()
 
     def _with_retries(self, operation: Callable[..., Result], *args, **kwargs) -> Result:
         """Ride out a database restart; give up once a lease's worth of time has passed."""
@@ -185,6 +212,27 @@ class Worker:
         if not self.shutdown.is_set():
             self.trainer = self._new_trainer()
 
+    def _renew_worn_trainer(self) -> None:
+        """Start a fresh training process after TRAINER_MAX_EXPERIMENTS experiments or once it
+        holds more than TRAINER_MAX_RSS_BYTES: what the backend keeps from every run goes back
+        to the system with the old one."""
+        assert self.trainer is not None
+        if self.shutdown.is_set():
+            return
+        old = self.trainer
+        rss = old.memory_bytes()
+        if old.experiments >= self.settings.trainer_max_experiments:
+            reason = f"TRAINER_MAX_EXPERIMENTS ({old.experiments}) reached"
+        elif rss > self.settings.trainer_max_rss_bytes:
+            reason = (
+                f"it holds {rss / MIB:.0f} MiB, more than TRAINER_MAX_RSS_BYTES "
+                f"({self.settings.trainer_max_rss_bytes} bytes)"
+            )
+        else:
+            return
+        self._replace_trainer()
+        logger.info("training process %s replaced by %s: %s", old.pid, self.trainer.pid, reason)
+
     def _new_trainer(self) -> TrainerProcess:
         return TrainerProcess(
             self.settings.fashion_mnist_dir,
@@ -195,23 +243,20 @@ class Worker:
     def process(self, claim: queue.Claim) -> None:
         """Train one claimed experiment until it succeeds, fails, is cancelled or released."""
         assert self.trainer is not None
-        trainer = self.trainer
         logger.info("experiment %s claimed (attempt %s)", claim.experiment_id, claim.attempt)
         resume = self._with_retries(queue.load_checkpoint, self.session_factory, claim)
         device = "gpu" if self.device == "gpu" and claim.spec.device != "cpu" else "cpu"
-        trainer.start(claim.spec.model_dump(mode="json"), device, resume)
+        run = _Run(claim, self.trainer, deadline=time.monotonic() + self.settings.max_run_seconds)
+        run.trainer.start(claim.spec.model_dump(mode="json"), device, resume)
         if resume:
             logger.info("experiment %s resumes after epoch %s", claim.experiment_id, resume[0])
 
-        lease_lost = cancelling = False
-        grace_deadline: float | None = None
-        next_heartbeat = 0.0
         while True:
             try:
-                message = trainer.poll(MESSAGE_WAIT_SECONDS)
+                message = run.trainer.poll(MESSAGE_WAIT_SECONDS)
             except TrainerCrashedError as error:
                 logger.error("experiment %s: %s", claim.experiment_id, error)
-                if not lease_lost:
+                if not run.lease_lost:
                     self._with_retries(
                         queue.requeue_lost,
                         self.session_factory,
@@ -221,92 +266,127 @@ class Worker:
                     )
                 self._replace_trainer()
                 return
-
-            if message is not None:
-                kind = message[0]
-                if kind == "started":
-                    _, device_label, steps = message
-                    if not self._with_retries(
-                        queue.start_training,
-                        self.session_factory,
-                        claim,
-                        device=device_label,
-                        steps_per_epoch=steps,
-                    ):
-                        lease_lost = True
-                        trainer.stop_now.set()
-                elif kind == "epoch":
-                    _, result, checkpoint = message
-                    if not lease_lost and not self._with_retries(
-                        queue.record_epoch, self.session_factory, claim, result, checkpoint
-                    ):
-                        lease_lost = True
-                        trainer.stop_now.set()
-                elif kind == "done":
-                    if not lease_lost:
-                        final = self._with_retries(
-                            queue.complete, self.session_factory, claim, message[1]
-                        )
-                        logger.info("experiment %s %s", claim.experiment_id, final or "lost")
-                    return
-                elif kind == "error":
-                    if not lease_lost:
-                        self._with_retries(
-                            queue.fail, self.session_factory, claim, error=message[1]
-                        )
-                        logger.error("experiment %s failed: %s", claim.experiment_id, message[1])
-                    return
-                elif kind == "interrupted":
-                    self._after_interruption(claim, lease_lost=lease_lost, cancelling=cancelling)
-                    return
-
+            if message is not None and self._handle_message(run, message):
+                return
             now = time.monotonic()
-            if now >= next_heartbeat and not lease_lost:
-                next_heartbeat = now + self.settings.worker_heartbeat_seconds
-                reply = self._with_retries(
-                    queue.heartbeat,
-                    self.session_factory,
-                    claim,
-                    epoch=trainer.epoch.value,
-                    step=trainer.step.value,
-                )
-                self._with_retries(
-                    queue.worker_heartbeat,
-                    self.session_factory,
-                    self.worker_id,
-                    experiment_id=claim.experiment_id,
-                )
-                if not reply.holds_lease:
-                    logger.warning("experiment %s: lease lost, stopping", claim.experiment_id)
-                    lease_lost = True
-                    trainer.stop_now.set()
-                elif reply.cancel_requested and not cancelling:
-                    logger.info("experiment %s: cancel requested", claim.experiment_id)
-                    cancelling = True
-                    trainer.stop_now.set()
-
-            if self.shutdown.is_set() and grace_deadline is None:
-                trainer.stop_after_epoch.set()
-                grace_deadline = now + self.settings.shutdown_grace_seconds
-            if self.force_stop.is_set() or (grace_deadline is not None and now > grace_deadline):
-                logger.warning("experiment %s: stopping the training now", claim.experiment_id)
-                trainer.kill()
-                if not lease_lost:
-                    self._with_retries(
-                        queue.release,
-                        self.session_factory,
-                        claim,
-                        error="the worker shut down before the epoch ended",
-                    )
+            if now >= run.next_heartbeat and not run.lease_lost:
+                self._heartbeat(run, now)
+            if self._stop_if_overdue(run, now) or self._stop_on_shutdown(run, now):
                 return
 
-    def _after_interruption(
-        self, claim: queue.Claim, *, lease_lost: bool, cancelling: bool
-    ) -> None:
-        if lease_lost:
+    def _handle_message(self, run: _Run, message: tuple) -> bool:
+        """Record what the training child reports; True once the run is over."""
+        kind, claim = message[0], run.claim
+        if kind == "started":
+            _, device_label, steps = message
+            if not self._with_retries(
+                queue.start_training,
+                self.session_factory,
+                claim,
+                device=device_label,
+                steps_per_epoch=steps,
+            ):
+                run.lose_lease()
+        elif kind == "epoch":
+            _, result, checkpoint = message
+            if not run.lease_lost and not self._with_retries(
+                queue.record_epoch, self.session_factory, claim, result, checkpoint
+            ):
+                run.lose_lease()
+        elif kind == "done":
+            if not run.lease_lost:
+                final = self._with_retries(queue.complete, self.session_factory, claim, message[1])
+                logger.info("experiment %s %s", claim.experiment_id, final or "lost")
+            return True
+        elif kind == "error":
+            if not run.lease_lost:
+                self._with_retries(queue.fail, self.session_factory, claim, error=message[1])
+                logger.error("experiment %s failed: %s", claim.experiment_id, message[1])
+            return True
+        elif kind == "interrupted":
+            self._after_interruption(run)
+            return True
+        return False
+
+    def _heartbeat(self, run: _Run, now: float) -> None:
+        """Renew the lease and publish progress; stop the training when the lease is gone or a
+        cancel was asked for."""
+        claim = run.claim
+        run.next_heartbeat = now + self.settings.worker_heartbeat_seconds
+        reply = self._with_retries(
+            queue.heartbeat,
+            self.session_factory,
+            claim,
+            epoch=run.trainer.epoch.value,
+            step=run.trainer.step.value,
+        )
+        self._with_retries(
+            queue.worker_heartbeat,
+            self.session_factory,
+            self.worker_id,
+            experiment_id=claim.experiment_id,
+        )
+        if not reply.holds_lease:
+            logger.warning("experiment %s: lease lost, stopping", claim.experiment_id)
+            run.lose_lease()
+        elif reply.cancel_requested and not run.cancelling:
+            logger.info("experiment %s: cancel requested", claim.experiment_id)
+            run.cancelling = True
+            run.trainer.stop_now.set()
+
+    def _stop_if_overdue(self, run: _Run, now: float) -> bool:
+        """Past MAX_RUN_SECONDS, stop the training between batches, or kill it when it has not
+        stopped OVERDUE_KILL_SECONDS later; True once the run is over."""
+        if not run.overdue and now > run.deadline:
+            logger.warning(
+                "experiment %s ran past MAX_RUN_SECONDS (%g s), stopping it",
+                run.claim.experiment_id,
+                self.settings.max_run_seconds,
+            )
+            run.overdue = True
+            run.kill_at = now + OVERDUE_KILL_SECONDS
+            run.trainer.stop_now.set()
+        if run.kill_at is None or now < run.kill_at:
+            return False
+        logger.warning(
+            "experiment %s: the training did not stop, killing it", run.claim.experiment_id
+        )
+        run.trainer.kill()
+        self._after_interruption(run)
+        self._replace_trainer()
+        return True
+
+    def _stop_on_shutdown(self, run: _Run, now: float) -> bool:
+        """On SIGTERM let the epoch finish, up to the grace period; on a second signal or past
+        it, kill the training and put the experiment back. True once the run is over."""
+        if self.shutdown.is_set() and run.grace_deadline is None:
+            run.trainer.stop_after_epoch.set()
+            run.grace_deadline = now + self.settings.shutdown_grace_seconds
+        grace_over = run.grace_deadline is not None and now > run.grace_deadline
+        if not (self.force_stop.is_set() or grace_over):
+            return False
+        logger.warning("experiment %s: stopping the training now", run.claim.experiment_id)
+        run.trainer.kill()
+        if not run.lease_lost:
+            self._with_retries(
+                queue.release,
+                self.session_factory,
+                run.claim,
+                error="the worker shut down before the epoch ended",
+            )
+        return True
+
+    def _after_interruption(self, run: _Run) -> None:
+        """The training stopped before its end; why decides where the experiment goes."""
+        claim = run.claim
+        if run.lease_lost:
             logger.warning("experiment %s: taken over by another worker", claim.experiment_id)
-        elif cancelling:
+        elif run.cancelling:
             self._with_retries(queue.finish_cancelled, self.session_factory, claim)
             logger.info("experiment %s cancelled", claim.experiment_id)
+        elif run.overdue:
+            error = f"ran past MAX_RUN_SECONDS ({self.settings.max_run_seconds:g} s)"
+            self._with_retries(queue.fail, self.session_factory, claim, error=error)
+            logger.error("experiment %s failed: %s", claim.experiment_id, error)
         elif self._with_retries(queue.release, self.session_factory, claim):
             logger.info("experiment %s returned to the queue", claim.experiment_id)

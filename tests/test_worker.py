@@ -1,11 +1,14 @@
 """Whole runs through real worker processes: training, stopping, crashing, recovering."""
 
 import gzip
+import logging
 import os
+import re
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -14,7 +17,9 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
 from service.models import EpochMetric, TrainedModel
-from tests.conftest import POSTGRESQL_ONLY, ROOT, submit
+from service.queue import Claim
+from service.worker import Worker
+from tests.conftest import POSTGRESQL_ONLY, ROOT, SQLITE_ONLY, submit
 
 FAST = {"WORKER_POLL_SECONDS": "0.1", "WORKER_HEARTBEAT_SECONDS": "0.2", "LEASE_SECONDS": "2"}
 
@@ -346,3 +351,97 @@ def test_idle_worker_picks_up_a_new_experiment_within_a_second(client, backend):
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.communicate(timeout=60)
+
+
+class PidRecordingWorker(Worker):
+    """Notes which training process ran each experiment."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.trainer_pids: list[int | None] = []
+
+    def process(self, claim: Claim) -> None:
+        assert self.trainer is not None
+        self.trainer_pids.append(self.trainer.pid)
+        super().process(claim)
+
+
+def run_quick_experiments(client, settings, session_factory, caplog, count: int, **limit):
+    """`count` one-batch experiments through an in-process worker with `limit` set; the pid
+    of the training process that ran each."""
+    experiments = [submit(client, epochs=1, train_samples=64, batch_size=64) for _ in range(count)]
+    worker = PidRecordingWorker(settings.model_copy(update=limit), session_factory, device="cpu")
+    with caplog.at_level(logging.INFO, logger="service.worker"):
+        worker.run(drain=True)
+    assert [get(client, e)["status"] for e in experiments] == ["succeeded"] * count
+    return worker.trainer_pids
+
+
+# The training process is the worker's own: nothing here depends on the database.
+@SQLITE_ONLY
+def test_worker_replaces_its_training_process_after_trainer_max_experiments(
+    client, settings, session_factory, caplog
+):
+    first, second = run_quick_experiments(
+        client, settings, session_factory, caplog, 2, trainer_max_experiments=1
+    )
+    assert first != second
+    assert (
+        f"training process {first} replaced by {second}: TRAINER_MAX_EXPERIMENTS (1) reached"
+        in caplog.text
+    )
+
+
+@SQLITE_ONLY
+def test_worker_replaces_its_training_process_once_it_holds_more_than_trainer_max_rss_bytes(
+    client, settings, session_factory, caplog
+):
+    [first] = run_quick_experiments(
+        client, settings, session_factory, caplog, 1, trainer_max_rss_bytes=1
+    )
+    replaced = re.search(
+        rf"training process {first} replaced by (\d+): it holds (\d+) MiB", caplog.text
+    )
+    assert replaced, caplog.text
+    assert int(replaced[1]) != first and int(replaced[2]) > 100
+    assert "more than TRAINER_MAX_RSS_BYTES (1 bytes)" in caplog.text
+
+
+def test_a_run_past_max_run_seconds_is_stopped_and_fails(client, drain, settings):
+    created = submit(client, epochs=100, train_samples=6000, batch_size=16)
+    started = time.monotonic()
+    drain(settings.model_copy(update={"max_run_seconds": 2}))
+    assert time.monotonic() - started < 30
+    body = get(client, created)
+    assert body["status"] == "failed"
+    assert body["error"] == "ran past MAX_RUN_SECONDS (2 s)"
+    assert [(a["outcome"], a["error"]) for a in body["attempts"]] == [
+        ("failed", "ran past MAX_RUN_SECONDS (2 s)")
+    ]
+    assert len(body["epochs"]) < 100 and body["model"] is None
+
+
+class DeafTrainerWorker(Worker):
+    """Its training child never hears a request to stop, as if stuck inside one long batch."""
+
+    def process(self, claim: Claim) -> None:
+        assert self.trainer is not None
+        # The child watches the event it was started with; this one only the worker sees.
+        self.trainer.stop_now = threading.Event()
+        super().process(claim)
+
+
+@SQLITE_ONLY
+def test_a_run_past_max_run_seconds_that_will_not_stop_is_killed(
+    client, settings, session_factory, caplog
+):
+    created = submit(client, epochs=100, train_samples=6000, batch_size=16)
+    worker = DeafTrainerWorker(
+        settings.model_copy(update={"max_run_seconds": 1}), session_factory, device="cpu"
+    )
+    with caplog.at_level(logging.WARNING, logger="service.worker"):
+        worker.run(drain=True)
+    assert "the training did not stop, killing it" in caplog.text
+    body = get(client, created)
+    assert body["status"] == "failed"
+    assert body["error"] == "ran past MAX_RUN_SECONDS (1 s)"

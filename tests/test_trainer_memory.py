@@ -1,0 +1,51 @@
+"""The training process lives across experiments: its memory must not grow with each one."""
+
+from collections.abc import Iterator
+
+import pytest
+
+from service.schemas import ExperimentCreate
+from service.trainer import TrainerProcess
+
+EXPERIMENTS = 30
+MIB = 1024**2
+# What one experiment left behind before the backend state was cleared: about 8 MB, so 30
+# of them came to about 250 MB.
+ALLOWED_GROWTH_BYTES = 150 * MIB
+
+
+@pytest.fixture
+def trainer() -> Iterator[TrainerProcess]:
+    process = TrainerProcess(None)
+    yield process
+    process.close()
+
+
+def run_to_the_end(trainer: TrainerProcess, spec: ExperimentCreate) -> tuple:
+    """Train one experiment in the child; its last message."""
+    trainer.start(spec.to_spec().model_dump(mode="json"), "cpu", None)
+    while True:
+        message = trainer.poll(1)
+        if message is not None and message[0] in ("done", "error", "interrupted"):
+            return message
+
+
+def test_memory_of_the_training_process_stays_flat_over_30_experiments(trainer):
+    resident = []
+    for index in range(EXPERIMENTS):
+        # A new model each time, and training sets of several sizes, so each run traces anew.
+        spec = ExperimentCreate(
+            conv_layers=1,
+            filters=8,
+            dense_units=[16],
+            epochs=1,
+            train_samples=64 + 2 * index,
+            batch_size=64,
+        )
+        assert run_to_the_end(trainer, spec)[0] == "done"
+        resident.append(trainer.memory_bytes())
+    growth = resident[-1] - resident[0]
+    assert growth < ALLOWED_GROWTH_BYTES, (
+        f"the training process grew by {growth / MIB:.0f} MiB over {EXPERIMENTS} experiments: "
+        f"{[round(value / MIB) for value in resident]}"
+    )

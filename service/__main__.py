@@ -14,6 +14,8 @@ from typing import NoReturn
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Keep TensorFlow's C++ start-up chatter out.
 
+from pydantic import ValidationError
+
 from service.settings import UnsafeExposureError, get_settings
 from service.threads import limit_backend_threads
 
@@ -176,6 +178,15 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    try:
+        get_settings()
+    except ValidationError as error:
+        messages = "; ".join(
+            (f"{e['loc'][0]}: ".upper() if e["loc"] else "")
+            + e["msg"].removeprefix("Value error, ")
+            for e in error.errors()
+        )
+        raise SystemExit(f"invalid settings: {messages}") from None
     if args.command == "api":
         run_api()
     elif args.command == "worker":

@@ -44,3 +44,22 @@ def test_up_migrates_serves_trains_and_stops_on_ctrl_c(tmp_path):
     assert process.returncode == 0, output
     assert "experiment 1 succeeded" in output
     assert "stopped" in output.splitlines()[-1] and "worker" in output.splitlines()[-1]
+
+
+def test_nonsense_settings_stop_every_command_with_one_clear_line(tmp_path):
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "LEASE_SECONDS": "1"}
+    for command in ("worker", "api", "migrate"):
+        result = subprocess.run(
+            [sys.executable, "-m", "service", command],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 1
+        assert result.stderr.strip().splitlines()[-1] == (
+            "invalid settings: WORKER_HEARTBEAT_SECONDS (1) must be shorter than "
+            "LEASE_SECONDS (1), or every lease runs out"
+        )
+        assert "Traceback" not in result.stderr

@@ -121,3 +121,11 @@ def test_method_not_allowed_lists_every_method_of_the_path(client):
     assert response.status_code == 405
     assert response.headers["allow"] == "GET, POST"
     assert client.delete("/experiments/1").headers["allow"] == "GET"
+
+
+def test_a_lone_surrogate_in_a_field_or_key_is_a_422_not_a_500(client):
+    for body in ('{"epochs": "\\ud800"}', '{"\\ud800": 1}', '{"stop": {"metric": "\\udfff"}}'):
+        response = client.post(
+            "/experiments", content=body, headers={"Content-Type": "application/json"}
+        )
+        assert response.status_code == 422, (body, response.text)

@@ -24,6 +24,7 @@ def test_api_and_workers_share_sqlite_without_database_is_locked(settings, tmp_p
         "PORT": str(port),
         "WORKER_POLL_SECONDS": "0.05",
         "WORKER_HEARTBEAT_SECONDS": "0.1",
+        "MAX_QUEUED": "100000",  # The soak queues faster than its workers drain.
     }
     logs = [open(tmp_path / f"{name}.log", "w+") for name in ("api", "w1", "w2", "w3")]  # noqa: SIM115
     commands = [["api"]] + [["worker", "--device", "cpu"]] * 3

@@ -79,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         stopping.set()
         await watcher
         app.state.inference_executor.shutdown()
+        app.state.database.close()
         engine.dispose()
 
     app = FastAPIOffline(

@@ -1,8 +1,13 @@
 """The error body every route answers with, and its entries in the OpenAPI document."""
 
+import json
 from typing import Any
 
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+
+# An error repeats what the client sent (a path, an Origin, a field name) only this far.
+ECHO_LIMIT = 100
 
 ERROR_DESCRIPTIONS = {
     400: "the body cannot be read: not UTF-8, not JSON, or nested too deeply",
@@ -28,3 +33,16 @@ class ErrorRead(BaseModel):
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` entries for these error codes."""
     return {code: {"model": ErrorRead, "description": ERROR_DESCRIPTIONS[code]} for code in codes}
+
+
+class ErrorResponse(JSONResponse):
+    """An error body in ASCII: what it repeats of the input may hold lone surrogates or any
+    other text that UTF-8 cannot encode."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode()
+
+
+def short(text: str) -> str:
+    """Client-supplied text, cut to ECHO_LIMIT characters for an error message."""
+    return text if len(text) <= ECHO_LIMIT else text[:ECHO_LIMIT] + "…"

@@ -6,19 +6,18 @@ import math
 from fastapi import FastAPI, Request, status
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from service.api.database import DatabaseBusyError
+from service.api.errors import ECHO_LIMIT, ErrorResponse, short
 
 logger = logging.getLogger(__name__)
 
 DATABASE_RETRY_AFTER_SECONDS = 2
-# A 422 names each bad field; it repeats a scalar input only when it is this short.
-ECHO_LIMIT = 100
 CANDIDATE_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeoutError, DatabaseBusyError)
 
@@ -30,26 +29,27 @@ def install_exception_handlers(app: FastAPI) -> None:
         app.add_exception_handler(error_type, _database_unavailable)
 
 
-async def _database_unavailable(_request: Request, error: Exception) -> JSONResponse:
+async def _database_unavailable(_request: Request, error: Exception) -> ErrorResponse:
     # The driver's text names hosts and users: it goes to the log, not to the client.
     logger.warning("database unavailable: %s", getattr(error, "orig", None) or error)
-    return JSONResponse(
+    return ErrorResponse(
         status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
         content={"detail": "the database is unavailable or busy: retry shortly"},
         headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
     )
 
 
-async def _invalid_request(_request: Request, error: RequestValidationError) -> JSONResponse:
+async def _invalid_request(_request: Request, error: RequestValidationError) -> ErrorResponse:
     """FastAPI's 422, without echoing the input back (it may be megabytes) or its internals."""
     errors = []
     for entry in error.errors():
-        short = {key: entry[key] for key in ("type", "loc", "msg") if key in entry}
+        brief = {key: entry[key] for key in ("type", "msg") if key in entry}
+        brief["loc"] = [short(part) if isinstance(part, str) else part for part in entry["loc"]]
         echo = entry.get("input")
         if _echoable(echo):
-            short["input"] = echo
-        errors.append(short)
-    return JSONResponse(
+            brief["input"] = echo
+        errors.append(brief)
+    return ErrorResponse(
         status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, content={"detail": errors}
     )
 
@@ -64,7 +64,7 @@ async def _http_error(request: Request, error: StarletteHTTPException) -> Respon
     if error.status_code == status.HTTP_400_BAD_REQUEST and error.__cause__ is not None:
         # FastAPI's own "There was an error parsing the body" does not say what the error is.
         reason = str(error.__cause__)[:ECHO_LIMIT] or type(error.__cause__).__name__
-        return JSONResponse(
+        return ErrorResponse(
             status_code=status.HTTP_400_BAD_REQUEST,
             content={"detail": f"the body cannot be read as JSON: {reason}"},
         )
@@ -72,10 +72,10 @@ async def _http_error(request: Request, error: StarletteHTTPException) -> Respon
         return await http_exception_handler(request, error)
     # Starlette names the methods of the first route that matched the path only.
     allowed = sorted(_methods_for(request))
-    return JSONResponse(
+    return ErrorResponse(
         status_code=status.HTTP_405_METHOD_NOT_ALLOWED,
         content={
-            "detail": f"{request.method} is not allowed on {request.url.path}: "
+            "detail": f"{request.method} is not allowed on {short(request.url.path)}: "
             f"use {', '.join(allowed)}"
         },
         headers={"Allow": ", ".join(allowed)},

@@ -334,7 +334,7 @@ async def predict(
     # What the request is comes first: a wrong one costs no database look-up.
     content_type = request.headers.get("content-type", "")
     media_type = _media_type(content_type)
-    body = await read_body(request, settings.max_upload_bytes)
+    body = await read_body(request)
     if not body:
         raise _unprocessable(f"the body is empty: send {MEDIA_TYPES}")
     chosen_id, batcher = await _serving_model(request, settings, cache, experiment_id)

@@ -11,12 +11,12 @@ from typing import Annotated
 from urllib.parse import urlsplit
 
 from fastapi import Depends, HTTPException, Request, status
-from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.deps import SettingsDep
+from service.api.errors import ErrorResponse, short
 
 OWNER_DIGITS = 16
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -110,7 +110,7 @@ class CrossSiteRefusal:
         if reason is None:
             await self.app(scope, receive, send)
             return
-        response = JSONResponse({"detail": reason}, status_code=status.HTTP_403_FORBIDDEN)
+        response = ErrorResponse({"detail": reason}, status_code=status.HTTP_403_FORBIDDEN)
         await response(scope, receive, send)
 
     def _refusal(self, headers: Headers) -> str | None:
@@ -119,12 +119,12 @@ class CrossSiteRefusal:
             if origin.rstrip("/") in self.allowed_origins or _same_origin(origin, headers):
                 return None
             return (
-                f"a page from {origin} may not change anything here: "
+                f"a page from {short(origin)} may not change anything here: "
                 "add its origin to CORS_ORIGINS to allow it"
             )
         fetch_site = headers.get("sec-fetch-site")
         if fetch_site is not None and fetch_site not in SAME_ORIGIN_FETCHES:
-            return f"a {fetch_site} browser request may not change anything here"
+            return f"a {short(fetch_site)} browser request may not change anything here"
         return None
 
 

@@ -16,7 +16,7 @@ BASE_IMAGE=${BASE_IMAGE:-convlab-base:bookworm}
 # Host networking cannot publish ports, and an override can only add to `ports`: merge the
 # files, then drop them.
 MERGED=$(mktemp --suffix=.yml)
-COMPOSE=(docker-compose -p "$PROJECT" -f "$MERGED")  # Chosen below, once installed.
+COMPOSE=(true)  # The compose command is chosen below, once it is installed.
 
 step() { printf '\n==> %s\n' "$*"; }
 fail() { printf '\nFAILED: %s\n' "$*" >&2; "${COMPOSE[@]}" logs --tail 50 >&2 || true; exit 1; }
@@ -34,7 +34,7 @@ if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/nu
     >/dev/null || fail "apt-get install ${missing[*]}"
 fi
 command -v docker-compose >/dev/null && COMPOSE_CLI=(docker-compose) || COMPOSE_CLI=(docker compose)
-COMPOSE=(docker-compose -p "$PROJECT" -f "$MERGED")  # Chosen below, once installed.
+COMPOSE=("${COMPOSE_CLI[@]}" -p "$PROJECT" -f "$MERGED")
 if ! docker info >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v dockerd >/dev/null; then
     echo "starting dockerd (vfs storage, no iptables, no bridge)"

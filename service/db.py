@@ -29,7 +29,7 @@ def create_db_engine(
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     else:
-        pool = {}  # An in-memory database lives in one connection, outside any pool.
+        pool = {}  # SQLAlchemy keeps in-memory databases in a pool that takes no sizes.
     engine = create_engine(url, connect_args={"timeout": sqlite_busy_timeout_ms / 1000}, **pool)
 
     @event.listens_for(engine, "connect")

@@ -1,9 +1,11 @@
 """Configuration from environment variables; settings that make no sense are refused at start."""
 
 import ipaddress
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -12,6 +14,8 @@ DEFAULT_DATA_DIR = Path("data")
 # Shorter keys can be guessed; 16 characters is what `secrets.token_urlsafe(12)` gives.
 MIN_API_KEY_LENGTH = 16
 LOOPBACK_NAMES = ("localhost",)
+# What a bearer token may hold (RFC 6750's token68).
+TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 # A comma-separated list in the environment: API_KEYS=a,b or ALLOWED_HOSTS=localhost,127.0.0.1.
 CommaList = Annotated[list[str], NoDecode]
@@ -34,7 +38,8 @@ def is_loopback(host: str) -> bool:
 class Settings(BaseSettings):
     """Every setting the API and the workers read, each from the variable of the same name."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+    # hide_input_in_errors: an error must not print the keys it was given.
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", hide_input_in_errors=True)
 
     database_url: str = Field(
         default=f"sqlite:///{DEFAULT_DATA_DIR / 'convlab.db'}",
@@ -166,6 +171,40 @@ class Settings(BaseSettings):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
+    @field_validator("database_url")
+    @classmethod
+    def _not_in_memory(cls, value: str) -> str:
+        if value in ("sqlite://", "sqlite:///:memory:") or value.endswith("/:memory:"):
+            raise ValueError(
+                "an in-memory SQLite database belongs to one connection of one process, so "
+                "the API and the workers would each see an empty one: name a file"
+            )
+        return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, hosts: list[str]) -> list[str]:
+        if not hosts:
+            raise ValueError("ALLOWED_HOSTS is empty, so every request would be refused")
+        for host in hosts:
+            if host != "*" and ("*" in host[1:] or (host.startswith("*") and host[1:2] != ".")):
+                raise ValueError(f"ALLOWED_HOSTS: {host!r}: a wildcard is '*' or '*.example.org'")
+            if ":" in host and not host.startswith("["):
+                raise ValueError(f"ALLOWED_HOSTS: {host!r}: name hosts without a port")
+        return hosts
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path.strip("/"):
+                raise ValueError(
+                    f"CORS_ORIGINS: {origin!r} is not an origin like https://app.example.org "
+                    "(no '*': name each site that may write here)"
+                )
+        return [origin.rstrip("/") for origin in origins]
+
     @field_validator("api_keys_file", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
@@ -178,11 +217,18 @@ class Settings(BaseSettings):
                 f"WORKER_HEARTBEAT_SECONDS ({self.worker_heartbeat_seconds:g}) must be shorter "
                 f"than LEASE_SECONDS ({self.lease_seconds:g}), or every lease runs out"
             )
-        short = [key for key in self.all_api_keys() if len(key) < MIN_API_KEY_LENGTH]
-        if short:
+        keys = self.all_api_keys()
+        bad = [key for key in keys if len(key) < MIN_API_KEY_LENGTH or not TOKEN.fullmatch(key)]
+        if bad:
             raise ValueError(
-                f"{len(short)} API key(s) shorter than {MIN_API_KEY_LENGTH} characters: "
-                'make them with python3 -c "import secrets; print(secrets.token_urlsafe(32))"'
+                f"{len(bad)} API key(s) shorter than {MIN_API_KEY_LENGTH} characters or with "
+                "characters a header cannot carry (letters, digits and -._~+/= only): make "
+                'them with python3 -c "import secrets; print(secrets.token_urlsafe(32))"'
+            )
+        if "*" in self.allowed_hosts and not (keys or self.allow_unauthenticated):
+            raise ValueError(
+                "ALLOWED_HOSTS=* without API keys lets any web page reach the API through DNS "
+                "rebinding: name the hosts, or set API_KEYS"
             )
         return self
 
@@ -194,7 +240,8 @@ class Settings(BaseSettings):
                 lines = self.api_keys_file.read_text().splitlines()
             except OSError as error:
                 raise ValueError(f"API_KEYS_FILE cannot be read: {error}") from None
-            keys += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+            stripped = (line.strip() for line in lines)
+            keys += [line for line in stripped if line and not line.startswith("#")]
         return keys
 
     def check_exposure(self) -> None:

@@ -273,7 +273,7 @@ def test_experiment_ids_outside_the_database_range_are_422(client, experiment_id
 
 
 def test_openapi_documents_the_predict_body_and_its_errors():
-    document = create_app(Settings(database_url="sqlite://", _env_file=None)).openapi()
+    document = create_app(Settings(database_url="sqlite:///unused.db", _env_file=None)).openapi()
     operation = document["paths"]["/predict"]["post"]
     content = operation["requestBody"]["content"]
     assert content["multipart/form-data"]["schema"]["properties"]["image"] == {

@@ -135,8 +135,10 @@ def test_cors_is_off_unless_origins_are_set(settings):
 @SQLITE_ONLY
 def test_only_allowed_host_names_are_answered(settings):
     with TestClient(create_app(settings.model_copy(update={"allowed_hosts": ["localhost"]}))) as c:
-        assert c.get("/health", headers={"Host": "rebound.attacker.example"}).status_code == 400
+        assert c.get("/experiments", headers={"Host": "evil.example"}).status_code == 400
         assert c.get("/health", headers={"Host": "localhost:8000"}).status_code == 200
+        # A container's health check asks by address, whatever ALLOWED_HOSTS names.
+        assert c.get("/health", headers={"Host": "172.17.0.2:8000"}).status_code == 200
 
 
 def test_api_docs_load_nothing_from_the_internet(client):
@@ -176,3 +178,36 @@ def test_the_api_command_refuses_to_start_on_a_public_host_without_keys(database
     )
     assert result.returncode != 0
     assert "refusing to start" in result.stderr and "API_KEYS" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "setting, value, message",
+    [
+        ("allowed_hosts", "", "ALLOWED_HOSTS is empty"),
+        ("allowed_hosts", "localhost:8000", "without a port"),
+        ("allowed_hosts", "foo*", "a wildcard is"),
+        ("allowed_hosts", "*", "DNS rebinding"),
+        ("cors_origins", "*", "not an origin"),
+        ("cors_origins", "https://app.example.org/path", "not an origin"),
+        ("api_keys", "ключ-ключ-ключ-ключ-ключ", "characters a header cannot carry"),
+        ("database_url", "sqlite://", "in-memory"),
+    ],
+)
+def test_settings_that_cannot_work_are_refused(setting, value, message):
+    from pydantic import ValidationError
+
+    from service.settings import Settings
+
+    with pytest.raises(ValidationError, match=message) as refused:
+        Settings(**{setting: value}, _env_file=None)
+    if setting == "api_keys":
+        assert value not in str(refused.value)  # Never print a key.
+
+
+def test_wildcard_hosts_are_allowed_with_keys_and_origins_lose_their_slash():
+    from service.settings import Settings
+
+    settings = Settings(
+        allowed_hosts="*", api_keys=KEY, cors_origins="https://a.example.org/", _env_file=None
+    )
+    assert settings.cors_origins == ["https://a.example.org"]

@@ -13,14 +13,13 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from service.api import experiments, predict, workers
 from service.api.database import POOL_SIZE, WRITE_SLOTS, Database
 from service.api.handlers import install_exception_handlers
 from service.api.limits import BodyLimit
 from service.api.predict import ModelResolver
-from service.api.security import CrossSiteRefusal, KeyRing
+from service.api.security import CrossSiteRefusal, HostCheck, KeyRing
 from service.batching import batch_sizes
 from service.db import create_db_engine, create_session_factory
 from service.inference import ModelCache, freeze_heap
@@ -120,7 +119,7 @@ def _add_middleware(app: FastAPI, settings: Settings) -> None:
             expose_headers=["Location", "Retry-After", "Server-Timing"],
         )
     if "*" not in settings.allowed_hosts:
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts)
+        app.add_middleware(HostCheck, allowed_hosts=settings.allowed_hosts)
 
 
 async def _watch_workers(app: FastAPI, lease_seconds: float, stopping: asyncio.Event) -> None:

@@ -71,7 +71,9 @@ async def _http_error(request: Request, error: StarletteHTTPException) -> Respon
     if error.status_code != status.HTTP_405_METHOD_NOT_ALLOWED:
         return await http_exception_handler(request, error)
     # Starlette names the methods of the first route that matched the path only.
-    allowed = sorted(_methods_for(request))
+    allowed = sorted(_methods_for(request)) or [
+        method.strip() for method in (error.headers or {}).get("Allow", "").split(",")
+    ]
     return ErrorResponse(
         status_code=status.HTTP_405_METHOD_NOT_ALLOWED,
         content={

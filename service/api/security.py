@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.datastructures import Headers
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.deps import SettingsDep
@@ -132,3 +133,14 @@ def _same_origin(origin: str, headers: Headers) -> bool:
     """Whether `origin` is this service as the request addressed it (its own pages)."""
     parts = urlsplit(origin)
     return parts.scheme in ("http", "https") and parts.netloc == headers.get("host")
+
+
+class HostCheck(TrustedHostMiddleware):
+    """ALLOWED_HOSTS for every path but /health, which container health checks and load
+    balancers ask for by address; it tells nothing a rebound page could use."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/health":
+            await self.app(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)

@@ -352,3 +352,37 @@ def test_concurrent_clients_over_http_share_model_calls(trained, predict_databas
     # Arrivals during a model call wait for the next one and share it; before, each request
     # that found nobody else in flight was sent alone, and the median request ran alone.
     assert statistics.median(batch_sizes) > 1, sorted(batch_sizes)
+
+
+def test_many_small_files_announcing_large_images_are_refused_together(trained):
+    client, experiment = trained
+    buffer = io.BytesIO()
+    Image.new("1", (1500, 1500)).save(buffer, format="TIFF", compression="group4")
+    # Each is under this client's 4,000,000-pixel limit; 64 of them add up to 144 million.
+    instance = {"b64": base64.b64encode(buffer.getvalue()).decode()}
+    response = client.post(
+        "/predict",
+        params={"experiment_id": experiment["id"]},
+        json={"instances": [instance] * 64},
+    )
+    assert response.status_code == 413
+    assert "the images add up to 144,000,000 pixels" in response.json()["detail"]
+    single = client.post(
+        "/predict", params={"experiment_id": experiment["id"]}, json={"instances": [instance]}
+    )
+    assert single.status_code == 200
+
+
+def test_a_multipart_body_of_many_tiny_parts_is_refused(trained):
+    client, experiment = trained
+    boundary = "b"
+    part = f'--{boundary}\r\nContent-Disposition: form-data; name="x"\r\n\r\n1\r\n'
+    body = (part * 1000 + f"--{boundary}--\r\n").encode()
+    response = client.post(
+        "/predict",
+        params={"experiment_id": experiment["id"]},
+        content=body,
+        headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert response.status_code == 422
+    assert "more than 16 parts" in response.json()["detail"]

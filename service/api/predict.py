@@ -185,12 +185,6 @@ def _open(index: int, upload: object, settings: Settings) -> Instance:
         return upload
 
 
-def _file_bytes(upload: object) -> int:
-    if isinstance(upload, dict):
-        return len(str(upload.get("b64", "")))
-    return len(upload) if isinstance(upload, bytes) else 0
-
-
 def _pixels(instance: Instance) -> int:
     return padded_pixels(instance) if isinstance(instance, Image.Image) else IMAGE_SIZE**2
 
@@ -211,20 +205,35 @@ async def _read_images(
     content_type: str, media_type: str, body: bytes, settings: Settings, invert: bool | None
 ) -> np.ndarray:
     """The request's images as one batch: small ones decoded inline, the rest in a thread."""
-    uploads = _uploads(content_type, media_type, body, settings)
-    if sum(map(_file_bytes, uploads)) > INLINE_OPEN_BYTES:
-        return await run_in_threadpool(_decode_all, uploads, settings, invert)
-    instances = _open_all(uploads, settings)
+    if len(body) > INLINE_OPEN_BYTES:
+        # Parsing a large body is work too (5 MB of JSON, or of tiny multipart parts).
+        return await run_in_threadpool(
+            _decode_all, content_type, media_type, body, settings, invert
+        )
+    instances = _open_all(_uploads(content_type, media_type, body, settings), settings)
     if sum(map(_pixels, instances)) <= INLINE_DECODE_PIXELS:
         return _to_batch(instances, invert)
     return await run_in_threadpool(_to_batch, instances, invert)
 
 
 def _open_all(uploads: list, settings: Settings) -> list[Instance]:
-    return [_open(index, upload, settings) for index, upload in enumerate(uploads)]
+    """The uploads with their headers read, refused together past the request's budget."""
+    instances = [_open(index, upload, settings) for index, upload in enumerate(uploads)]
+    # Each image is checked against MAX_IMAGE_PIXELS alone; so is the whole request, or 256
+    # tiny files that each announce 4096×4096 would cost seconds of decoding.
+    total = sum(map(_pixels, instances))
+    if total > settings.max_image_pixels:
+        raise payload_too_large(
+            f"the images add up to {total:,} pixels (as padded squares), over the "
+            f"{settings.max_image_pixels:,} one request may decode: send fewer or smaller ones"
+        )
+    return instances
 
 
-def _decode_all(uploads: list, settings: Settings, invert: bool | None) -> np.ndarray:
+def _decode_all(
+    content_type: str, media_type: str, body: bytes, settings: Settings, invert: bool | None
+) -> np.ndarray:
+    uploads = _uploads(content_type, media_type, body, settings)
     return _to_batch(_open_all(uploads, settings), invert)
 
 

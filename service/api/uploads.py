@@ -10,6 +10,9 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect
 
+# An upload form has an image and maybe a field or two.
+MAX_PARTS = 16
+
 
 def payload_too_large(message: str) -> HTTPException:
     return HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, message)
@@ -41,6 +44,8 @@ def multipart_field(body: bytes, content_type: str, name: str) -> bytes | None:
     ended = False
 
     def on_part_begin() -> None:
+        if len(parts) == MAX_PARTS:  # Each part costs Python calls: bound the work.
+            raise MalformedMultipartError(f"more than {MAX_PARTS} parts")
         parts.append((None, []))
 
     def on_header_field(data: bytes, start: int, end: int) -> None:

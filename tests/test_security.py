@@ -211,3 +211,22 @@ def test_wildcard_hosts_are_allowed_with_keys_and_origins_lose_their_slash():
         allowed_hosts="*", api_keys=KEY, cors_origins="https://a.example.org/", _env_file=None
     )
     assert settings.cors_origins == ["https://a.example.org"]
+
+
+def test_every_operation_but_health_asks_for_the_bearer_key(client):
+    document = client.get("/openapi.json").json()
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            if path == "/health":
+                assert "security" not in operation
+            else:
+                assert operation.get("security") == [{"HTTPBearer": []}], (method, path)
+
+
+def test_a_same_site_page_without_an_origin_may_not_write(client):
+    created = client.post("/experiments", json=TINY_SPEC).json()
+    response = client.post(
+        f"/experiments/{created['id']}/cancel", headers={"Sec-Fetch-Site": "same-site"}
+    )
+    assert response.status_code == 403
+    assert client.get(f"/experiments/{created['id']}").json()["status"] == "queued"

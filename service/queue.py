@@ -16,7 +16,6 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
-from service.architecture import ModelSummary
 from service.db import db_now, transaction
 from service.models import (
     Attempt,
@@ -73,7 +72,6 @@ def enqueue(
     *,
     name: str | None,
     spec: ExperimentSpec,
-    summary: ModelSummary | None = None,
     owner: str | None = None,
     max_queued: int | None = None,
 ) -> Experiment:
@@ -91,7 +89,7 @@ def enqueue(
         owner=owner,
         status=ExperimentStatus.QUEUED,
         spec=spec.model_dump(mode="json"),
-        summary=(summary or spec.summary()).as_dict(),
+        summary=spec.summary().as_dict(),
         requested_device=spec.device,
     )
     session.add(experiment)

@@ -72,8 +72,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         stopping = asyncio.Event()
         watcher = asyncio.create_task(_watch_workers(app, settings.lease_seconds, stopping))
         freeze_heap()
+        switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(GIL_SWITCH_SECONDS)
         yield
+        sys.setswitchinterval(switch_interval)
         # Not cancelled: a count in flight finishes and returns its connection first.
         stopping.set()
         await watcher

@@ -9,6 +9,7 @@ GETs, to 127.0.0.1 only.
 """
 
 import argparse
+import contextlib
 import multiprocessing
 import multiprocessing.synchronize
 import os
@@ -38,7 +39,7 @@ REQUEST_TIMEOUT_SECONDS = 60
 class Burst:
     """What one burst saw."""
 
-    post_statuses: Counter = field(default_factory=Counter)
+    post_statuses: Counter = field(default_factory=Counter)  # "no answer" for a timeout.
     get_statuses: Counter = field(default_factory=Counter)
     post_seconds: list[float] = field(default_factory=list)
     created_ids: list[int] = field(default_factory=list)
@@ -63,11 +64,16 @@ def run_burst(base: str, *, writers: int, gets: int, headers: dict | None = None
             http.get("/health")  # Connect before the barrier: the burst hits the app at once.
             barrier.wait()
             started = time.perf_counter()
-            response = http.post("/experiments", json=SPEC)
+            try:
+                response = http.post("/experiments", json=SPEC)
+            except httpx.TransportError:
+                response = None  # No answer within REQUEST_TIMEOUT_SECONDS.
             elapsed = time.perf_counter() - started
         with result.lock:
-            result.post_statuses[response.status_code] += 1
+            result.post_statuses[response.status_code if response else "no answer"] += 1
             result.post_seconds.append(elapsed)
+            if response is None:
+                return
             if response.status_code == 202:
                 result.created_ids.append(response.json()["id"])
             elif response.status_code in (429, 503) and "retry-after" not in response.headers:
@@ -77,7 +83,10 @@ def run_burst(base: str, *, writers: int, gets: int, headers: dict | None = None
         with httpx.Client(base_url=base, headers=headers, timeout=REQUEST_TIMEOUT_SECONDS) as http:
             barrier.wait()
             for _ in range(gets // GET_THREADS):
-                status = http.get("/experiments", params={"limit": 20}).status_code
+                try:
+                    status = http.get("/experiments", params={"limit": 20}).status_code
+                except httpx.TransportError:
+                    status = "no answer"
                 with result.lock:
                     result.get_statuses[status] += 1
 
@@ -104,7 +113,9 @@ def probe_health(base: str, done: "multiprocessing.synchronize.Event", answers) 
     with httpx.Client(base_url=base, timeout=REQUEST_TIMEOUT_SECONDS) as http:
         while not done.is_set():
             started = time.perf_counter()
-            http.get("/health").raise_for_status()
+            # A health check that fails counts as slow as it took.
+            with contextlib.suppress(httpx.HTTPError):
+                http.get("/health").raise_for_status()
             latencies.append(time.perf_counter() - started)
             done.wait(HEALTH_INTERVAL_SECONDS)
     answers.put(latencies)
@@ -159,7 +170,8 @@ def measure(database_url: str, writers: list[int], gets: int) -> list[str]:
             before = stored_ids(base)
             burst = run_burst(base, writers=count, gets=gets)
             stored = stored_ids(base) - before
-            statuses = ", ".join(f"{s}×{n}" for s, n in sorted(burst.post_statuses.items()))
+            counts = sorted(burst.post_statuses.items(), key=str)
+            statuses = ", ".join(f"{status}×{n}" for status, n in counts)
             rows.append(
                 f"| {database_url.split(':')[0].split('+')[0]} | {count} | "
                 f"{statistics.median(burst.post_seconds) * 1000:.0f} | "

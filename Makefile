@@ -60,6 +60,7 @@ bench: setup
 	$(BIN)/python bench/upload_parsing.py
 	$(BIN)/python bench/gc_pause.py
 	$(BIN)/python bench/api_latency.py
+	$(BIN)/python bench/burst.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache

@@ -38,53 +38,59 @@ def multipart_field(body: bytes, content_type: str, name: str) -> bytes | None:
     boundary = options.get(b"boundary")
     if not boundary:
         raise MalformedMultipartError("the content type names no boundary")
-    wanted = name.encode()
-    parts: list[tuple[bytes | None, list[bytes]]] = []
-    header = [b"", b""]  # The header being read: its name, then its value.
-    ended = False
-
-    def on_part_begin() -> None:
-        if len(parts) == MAX_PARTS:  # Each part costs Python calls: bound the work.
-            raise MalformedMultipartError(f"more than {MAX_PARTS} parts")
-        parts.append((None, []))
-
-    def on_header_field(data: bytes, start: int, end: int) -> None:
-        header[0] += data[start:end]
-
-    def on_header_value(data: bytes, start: int, end: int) -> None:
-        header[1] += data[start:end]
-
-    def on_header_end() -> None:
-        if header[0].strip().lower() == b"content-disposition":
-            _, parameters = parse_options_header(header[1])
-            parts[-1] = (parameters.get(b"name"), parts[-1][1])
-        header[0] = header[1] = b""
-
-    def on_part_data(data: bytes, start: int, end: int) -> None:
-        parts[-1][1].append(data[start:end])
-
-    def on_end() -> None:
-        nonlocal ended
-        ended = True
-
-    parser = MultipartParser(
-        boundary,
-        {
-            "on_part_begin": on_part_begin,
-            "on_header_field": on_header_field,
-            "on_header_value": on_header_value,
-            "on_header_end": on_header_end,
-            "on_part_data": on_part_data,
-            "on_end": on_end,
-        },
-    )
+    form = _Form()
     try:
-        parser.write(body)
+        MultipartParser(boundary, form.callbacks()).write(body)
     except MultipartParseError as error:
         raise MalformedMultipartError(str(error)) from None
-    if not ended:
+    if not form.ended:
         raise MalformedMultipartError("the body ends before its closing boundary")
-    for field, chunks in parts:
-        if field == wanted:
-            return b"".join(chunks)
-    return None
+    return form.field(name.encode())
+
+
+class _Form:
+    """The parts python-multipart's parser reports, by field name."""
+
+    def __init__(self) -> None:
+        self.parts: list[tuple[bytes | None, list[bytes]]] = []
+        self.header_name = self.header_value = b""
+        self.ended = False
+
+    def callbacks(self) -> dict:
+        return {
+            "on_part_begin": self.on_part_begin,
+            "on_header_field": self.on_header_field,
+            "on_header_value": self.on_header_value,
+            "on_header_end": self.on_header_end,
+            "on_part_data": self.on_part_data,
+            "on_end": self.on_end,
+        }
+
+    def on_part_begin(self) -> None:
+        if len(self.parts) == MAX_PARTS:  # Each part costs Python calls: bound the work.
+            raise MalformedMultipartError(f"more than {MAX_PARTS} parts")
+        self.parts.append((None, []))
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self.header_name += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self.header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        if self.header_name.strip().lower() == b"content-disposition":
+            _, parameters = parse_options_header(self.header_value)
+            self.parts[-1] = (parameters.get(b"name"), self.parts[-1][1])
+        self.header_name = self.header_value = b""
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        self.parts[-1][1].append(data[start:end])
+
+    def on_end(self) -> None:
+        self.ended = True
+
+    def field(self, name: bytes) -> bytes | None:
+        for field, chunks in self.parts:
+            if field == name:
+                return b"".join(chunks)
+        return None

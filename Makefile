@@ -36,10 +36,12 @@ postgres:
 	  for i in $$(seq 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done; \
 	fi
 
+# Two pytest processes share the tests; those that measure time or memory run alone after.
 test: setup postgres
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 -m "not serial"
+	$(BIN)/python -m pytest -m serial
 
 # Builds the image, runs the compose stack on host networking, trains, classifies, restarts.
 docker-test:

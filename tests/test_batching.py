@@ -13,6 +13,9 @@ from service.inference import LoadedModel
 from service.schemas import ExperimentCreate
 from service.training import build_model
 
+# Timings or memory measured here: run alone (make test runs these after the rest).
+pytestmark = pytest.mark.serial
+
 
 class RecordingModel(LoadedModel):
     """A real Keras model that also notes the batch size of every call."""

@@ -7,8 +7,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from bench.burst import run_burst, stored_ids
 from tests.conftest import ROOT, free_port, wait_for_api
+
+# Timings or memory measured here: run alone (make test runs these after the rest).
+pytestmark = pytest.mark.serial
 
 WRITERS = 60
 GETS = 200

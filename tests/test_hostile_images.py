@@ -563,6 +563,7 @@ class PeakResidentMemory:
         return self.peak - self.start
 
 
+@pytest.mark.serial
 def test_a_real_api_process_survives_the_corpus_in_bounded_memory(served_database, tmp_path):
     """Over HTTP: the corpus never raises the process's memory by 100 MB, even for a moment,
     and /health answers at once while the bombs are refused."""

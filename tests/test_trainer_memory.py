@@ -30,6 +30,7 @@ def run_to_the_end(trainer: TrainerProcess, spec: ExperimentCreate) -> tuple:
             return message
 
 
+@pytest.mark.serial
 def test_memory_of_the_training_process_stays_flat_over_30_experiments(trainer):
     resident = []
     for index in range(EXPERIMENTS):

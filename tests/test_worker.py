@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import psycopg
+import pytest
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
@@ -276,6 +277,7 @@ def _row_is_free(database_url: str, row: int) -> bool:
             connection.rollback()
 
 
+@pytest.mark.serial
 def test_cancel_running_stops_within_seconds_and_keeps_finished_epochs(client):
     created = submit(client, epochs=30, train_samples=6000, batch_size=16)
     worker = start_worker(client.app.state.settings)
@@ -337,6 +339,7 @@ def test_postgresql_restart_during_a_run_loses_nothing(client):
     assert [a["outcome"] for a in body["attempts"]] == ["succeeded"]
 
 
+@pytest.mark.serial
 def test_idle_worker_picks_up_a_new_experiment_within_a_second(client, backend):
     # On PostgreSQL only NOTIFY can wake a worker polling every 5 s this fast.
     poll = "5" if backend == "postgresql" else "0.5"

@@ -4,6 +4,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -63,6 +64,30 @@ def wait_for_api(base: str, process: subprocess.Popen, timeout: float = 60) -> N
             assert process.poll() is None, "the API process exited"
             assert time.monotonic() < deadline, "the API never answered"
             time.sleep(0.2)
+
+
+@contextmanager
+def api_process(database_url: str, log_path: Path, **settings: str) -> Iterator[str]:
+    """`python -m service api` on its own port; fails the test if it logged a traceback."""
+    port = free_port()
+    environment = {**os.environ, "DATABASE_URL": database_url, "PORT": str(port), **settings}
+    with open(log_path, "w+") as log:
+        api = subprocess.Popen(
+            [sys.executable, "-m", "service", "api"],
+            cwd=ROOT,
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_for_api(base, api)
+            yield base
+        finally:
+            api.terminate()
+            api.wait(30)
+        log.seek(0)
+        assert "Traceback" not in log.read()
 
 
 def upgrade(database_url: str) -> None:

@@ -1,16 +1,9 @@
 """Bursts of simultaneous writes against a real API process: clean answers, no lost rows."""
 
-import os
-import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
-
 import pytest
 
 from bench.burst import run_burst, stored_ids
-from tests.conftest import ROOT, free_port, wait_for_api
+from tests.conftest import api_process
 
 # Timings or memory measured here: run alone (make test runs these after the rest).
 pytestmark = pytest.mark.serial
@@ -19,30 +12,6 @@ WRITERS = 60
 GETS = 200
 HEALTH_LIMIT_SECONDS = 0.1
 KEY = "burst-key-0123456789abcdef"
-
-
-@contextmanager
-def api_process(database_url: str, log_path: Path, **settings: str) -> Iterator[str]:
-    """`python -m service api` on its own port; fails the test if it logged a traceback."""
-    port = free_port()
-    environment = {**os.environ, "DATABASE_URL": database_url, "PORT": str(port), **settings}
-    with open(log_path, "w+") as log:
-        api = subprocess.Popen(
-            [sys.executable, "-m", "service", "api"],
-            cwd=ROOT,
-            env=environment,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            wait_for_api(base, api)
-            yield base
-        finally:
-            api.terminate()
-            api.wait(30)
-        log.seek(0)
-        assert "Traceback" not in log.read()
 
 
 def test_a_burst_of_posts_gets_202s_or_clean_503s_and_every_202_is_one_row(database_url, tmp_path):

@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
+from service import registry
 from service.models import EpochMetric, TrainedModel
 from service.queue import Claim
 from service.worker import Worker
@@ -322,6 +323,8 @@ def _child_of(pid: int) -> int | None:
     return int(found[0]) if found else None
 
 
+# Serial: restarting the server would break every test running beside it.
+@pytest.mark.serial
 @POSTGRESQL_ONLY
 def test_postgresql_restart_during_a_run_loses_nothing(client):
     created = submit(client, epochs=5, train_samples=3000, batch_size=16)
@@ -448,3 +451,32 @@ def test_a_run_past_max_run_seconds_that_will_not_stop_is_killed(
     body = get(client, created)
     assert body["status"] == "failed"
     assert body["error"] == "ran past MAX_RUN_SECONDS (1 s)"
+
+
+@SQLITE_ONLY
+def test_an_idle_worker_heartbeats_on_its_interval_not_on_every_poll(
+    settings, session_factory, monkeypatch
+):
+    beats: list[float] = []
+    heartbeat = registry.worker_heartbeat
+
+    def counted(*args, **kwargs) -> None:
+        beats.append(time.monotonic())
+        heartbeat(*args, **kwargs)
+
+    monkeypatch.setattr(registry, "worker_heartbeat", counted)
+    idle = settings.model_copy(update={"worker_poll_seconds": 0.02, "worker_heartbeat_seconds": 1})
+    worker = Worker(idle, session_factory, device="cpu")
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not beats:  # The training process starts first.
+            assert time.monotonic() < deadline, "the worker never sent a heartbeat"
+            time.sleep(0.05)
+        time.sleep(1.5)  # About 75 polls.
+    finally:
+        worker.shutdown.set()
+        thread.join(60)
+    in_window = [beat for beat in beats if beat - beats[0] <= 1.5]
+    assert 2 <= len(in_window) <= 3, len(in_window)

@@ -68,7 +68,7 @@ def run_api() -> None:
 
 def run_worker(device: str | None, drain: bool) -> None:
     from service.db import create_db_engine, create_session_factory
-    from service.queue import WorkerRefusedError
+    from service.registry import WorkerRefusedError
     from service.worker import Worker
 
     settings = get_settings()

@@ -71,6 +71,11 @@ def transaction(session_factory: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
+def dialect_of(session: Session) -> str:
+    """The name of the database behind a session: 'sqlite' or 'postgresql'."""
+    return session.get_bind().dialect.name
+
+
 def db_now(dialect_name: str, *, seconds: float = 0.0) -> ColumnElement:
     """The database's clock, shifted by `seconds`: leases never depend on a worker's clock."""
     if dialect_name == "sqlite":

@@ -16,7 +16,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
-from service.db import db_now, transaction
+from service.db import db_now, dialect_of, transaction
 from service.models import (
     Attempt,
     AttemptOutcome,
@@ -45,10 +45,6 @@ class QueueFullError(RuntimeError):
         )
 
 
-class WorkerRefusedError(RuntimeError):
-    """This worker may not join: SQLite is already used by a worker on another host."""
-
-
 @dataclass(frozen=True)
 class Claim:
     experiment_id: int
@@ -61,10 +57,6 @@ class Claim:
 class HeartbeatReply:
     holds_lease: bool
     cancel_requested: bool
-
-
-def _dialect(session: Session) -> str:
-    return session.get_bind().dialect.name
 
 
 def enqueue(
@@ -94,7 +86,7 @@ def enqueue(
     )
     session.add(experiment)
     session.flush()
-    if _dialect(session) == "postgresql":
+    if dialect_of(session) == "postgresql":
         # Delivered at commit; idle workers wake at once instead of at their next poll.
         session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
     return experiment
@@ -103,7 +95,7 @@ def enqueue(
 def _pending_count(session: Session, owner: str | None) -> int:
     """The owner's queued and running experiments; on PostgreSQL, one count per owner at a
     time (SQLite's BEGIN IMMEDIATE already serializes writers), so a burst cannot overshoot."""
-    if _dialect(session) == "postgresql":
+    if dialect_of(session) == "postgresql":
         session.execute(select(func.pg_advisory_xact_lock(func.hashtext(owner or ""))))
     pending = (ExperimentStatus.QUEUED, ExperimentStatus.RUNNING)
     same_owner = Experiment.owner == owner if owner is not None else Experiment.owner.is_(None)
@@ -123,7 +115,7 @@ def claim_next_experiment(
     """Take the oldest queued experiment this worker can run, in one status-guarded UPDATE."""
     token = str(uuid.uuid4())
     with transaction(session_factory) as session:
-        dialect = _dialect(session)
+        dialect = dialect_of(session)
         candidate = (
             select(Experiment.id)
             .where(
@@ -218,7 +210,7 @@ def _finish(
         claim,
         *conditions,
         status=status,
-        finished_at=db_now(_dialect(session)),
+        finished_at=db_now(dialect_of(session)),
         claim_token=None,
         **({"error": error} if error is not None else {}),
         **values,
@@ -232,7 +224,7 @@ def _end_attempt(session: Session, claim: Claim, outcome: AttemptOutcome, error:
     session.execute(
         update(Attempt)
         .where(Attempt.claim_token == claim.token)
-        .values(outcome=outcome.value, finished_at=db_now(_dialect(session)), error=error)
+        .values(outcome=outcome.value, finished_at=db_now(dialect_of(session)), error=error)
     )
 
 
@@ -259,7 +251,7 @@ def start_training(
             claim,
             device=device,
             steps_per_epoch=steps_per_epoch,
-            heartbeat_at=db_now(_dialect(session)),
+            heartbeat_at=db_now(dialect_of(session)),
         )
 
 
@@ -276,7 +268,7 @@ def heartbeat(
                 Experiment.status == ExperimentStatus.RUNNING,
             )
             .values(
-                heartbeat_at=db_now(_dialect(session)), progress_epoch=epoch, progress_step=step
+                heartbeat_at=db_now(dialect_of(session)), progress_epoch=epoch, progress_step=step
             )
             .returning(Experiment.cancel_requested_at)
             .execution_options(synchronize_session=False)
@@ -292,7 +284,7 @@ def record_epoch(
     """Commit one finished epoch and its checkpoint together; False, writing nothing, once the
     lease is lost."""
     with transaction(session_factory) as session:
-        dialect = _dialect(session)
+        dialect = dialect_of(session)
         if not _fenced_update(session, claim, heartbeat_at=db_now(dialect)):
             return False
         session.execute(
@@ -402,7 +394,7 @@ def _lost_values(session: Session, *, give_up: str, max_attempts: int) -> dict[s
             (exhausted, ExperimentStatus.FAILED.value),
             else_=ExperimentStatus.QUEUED.value,
         ),
-        "finished_at": case((cancelled | exhausted, db_now(_dialect(session))), else_=None),
+        "finished_at": case((cancelled | exhausted, db_now(dialect_of(session))), else_=None),
         "error": case((exhausted & ~cancelled, give_up), else_=None),
     }
 
@@ -434,7 +426,7 @@ def recover_expired_leases(
         f"the worker stopped sending heartbeats for {lease_seconds:g} s (killed, stalled or lost)"
     )
     with transaction(session_factory) as session:
-        dialect = _dialect(session)
+        dialect = dialect_of(session)
         values = _lost_values(
             session, give_up=f"{silent} {max_attempts} times", max_attempts=max_attempts
         )
@@ -468,7 +460,7 @@ def request_cancel(session: Session, experiment_id: int) -> bool:
 
     False when the experiment is neither queued nor running.
     """
-    dialect = _dialect(session)
+    dialect = dialect_of(session)
     queued = session.execute(
         update(Experiment)
         .where(Experiment.id == experiment_id, Experiment.status == ExperimentStatus.QUEUED)
@@ -488,68 +480,3 @@ def request_cancel(session: Session, experiment_id: int) -> bool:
         .execution_options(synchronize_session=False)
     )
     return running.rowcount == 1
-
-
-def register_worker(
-    session_factory: sessionmaker[Session],
-    *,
-    worker_id: str,
-    host: str,
-    pid: int,
-    device: str,
-    lease_seconds: float,
-) -> None:
-    """Add this worker to the registry; on SQLite, refuse a second host."""
-    with transaction(session_factory) as session:
-        dialect = _dialect(session)
-        if dialect == "sqlite":
-            other = session.execute(
-                select(Worker.id, Worker.host).where(
-                    Worker.host != host,
-                    Worker.stopped_at.is_(None),
-                    Worker.heartbeat_at > db_now(dialect, seconds=-lease_seconds),
-                )
-            ).first()
-            if other:
-                raise WorkerRefusedError(
-                    f"worker {other.id} on host {other.host!r} already uses this SQLite "
-                    "database, and SQLite serves one machine only: use PostgreSQL "
-                    "(DATABASE_URL=postgresql+psycopg://...) for workers on several hosts"
-                )
-        session.execute(
-            insert(Worker).values(
-                id=worker_id,
-                host=host,
-                pid=pid,
-                device=device,
-                started_at=db_now(dialect),
-                heartbeat_at=db_now(dialect),
-            )
-        )
-
-
-def worker_heartbeat(
-    session_factory: sessionmaker[Session], worker_id: str, *, experiment_id: int | None
-) -> None:
-    with transaction(session_factory) as session:
-        session.execute(
-            update(Worker)
-            .where(Worker.id == worker_id)
-            .values(heartbeat_at=db_now(_dialect(session)), experiment_id=experiment_id)
-        )
-
-
-def unregister_worker(session_factory: sessionmaker[Session], worker_id: str) -> None:
-    with transaction(session_factory) as session:
-        session.execute(
-            update(Worker)
-            .where(Worker.id == worker_id)
-            .values(stopped_at=db_now(_dialect(session)), experiment_id=None)
-        )
-
-
-def alive_workers(session: Session, *, lease_seconds: float):
-    """A condition for workers that have neither stopped nor missed their lease."""
-    return (Worker.stopped_at.is_(None)) & (
-        Worker.heartbeat_at > db_now(_dialect(session), seconds=-lease_seconds)
-    )

@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import queue
+from service import queue, registry
 from service.settings import Settings
 from service.trainer import TrainerCrashedError, TrainerProcess
 
@@ -142,7 +142,7 @@ class Worker:
         wakeup = _Wakeup(self.settings.database_url, self.shutdown)
         try:
             self.device = resolve_device(self.requested_device, self.trainer.gpus)
-            queue.register_worker(
+            registry.register_worker(
                 self.session_factory,
                 worker_id=self.worker_id,
                 host=self.host,
@@ -156,15 +156,21 @@ class Worker:
             wakeup.close()
             self.trainer.close()
             try:
-                queue.unregister_worker(self.session_factory, self.worker_id)
+                registry.unregister_worker(self.session_factory, self.worker_id)
             except DBAPIError as error:
                 logger.warning("could not unregister: %s", error.orig)
             logger.info("worker %s stopped", self.worker_id)
 
     def _loop(self, drain: bool, wakeup: _Wakeup) -> None:
+        heartbeat_due = 0.0
         while not self.shutdown.is_set():
             try:
-                queue.worker_heartbeat(self.session_factory, self.worker_id, experiment_id=None)
+                # On its own interval, not on every poll: an idle worker polls often.
+                if time.monotonic() >= heartbeat_due:
+                    registry.worker_heartbeat(
+                        self.session_factory, self.worker_id, experiment_id=None
+                    )
+                    heartbeat_due = time.monotonic() + self.settings.worker_heartbeat_seconds
                 recovered = queue.recover_expired_leases(
                     self.session_factory,
                     lease_seconds=self.settings.lease_seconds,
@@ -184,6 +190,7 @@ class Worker:
                     return
                 wakeup.wait(self.settings.worker_poll_seconds)
                 continue
+            heartbeat_due = 0.0  # Back to idle: say so at the next turn.
             try:
                 self.process(claim)
             except DatabaseLostError as error:
@@ -321,7 +328,7 @@ class Worker:
             step=run.trainer.step.value,
         )
         self._with_retries(
-            queue.worker_heartbeat,
+            registry.worker_heartbeat,
             self.session_factory,
             self.worker_id,
             experiment_id=claim.experiment_id,

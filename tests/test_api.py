@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy.engine import make_url
 
-from service import queue
+from service import queue, registry
 from service.api import create_app
 from tests.conftest import SQLITE_ONLY, submit
 
@@ -63,7 +63,7 @@ def test_queued_experiment_says_where_it_stands_and_why_it_waits(client, session
     assert client.get(f"/experiments/{second['id']}/model").status_code == 409
     assert client.get(f"/experiments/{second['id']}/learning-curve.png").status_code == 409
 
-    queue.register_worker(
+    registry.register_worker(
         session_factory, worker_id="cpu-1", host="here", pid=1, device="cpu", lease_seconds=30
     )
     reasons = [
@@ -79,10 +79,10 @@ def test_queued_experiment_says_where_it_stands_and_why_it_waits(client, session
 def test_workers_are_listed_with_their_experiment_and_liveness(client, session_factory):
     submit(client)
     for worker_id in ("old", "new"):
-        queue.register_worker(
+        registry.register_worker(
             session_factory, worker_id=worker_id, host="here", pid=7, device="cpu", lease_seconds=30
         )
-    queue.unregister_worker(session_factory, "old")
+    registry.unregister_worker(session_factory, "old")
     taken = queue.claim_next_experiment(session_factory, worker_id="new", worker_device="cpu")
     workers = client.get("/workers").json()
     assert [(w["id"], w["alive"], w["experiment_id"]) for w in workers] == [
@@ -157,7 +157,7 @@ def test_health_counts_live_workers_without_a_key(settings, session_factory):
 
     with TestClient(create_app(keyed)) as client:
         wait_for_health({"status": "ok", "workers_alive": 0})
-        queue.register_worker(
+        registry.register_worker(
             session_factory, worker_id="w", host="here", pid=1, device="cpu", lease_seconds=30
         )
         wait_for_health({"status": "ok", "workers_alive": 1})

@@ -4,7 +4,7 @@ import threading
 
 from sqlalchemy import func, select, update
 
-from service import queue
+from service import queue, registry
 from service.db import db_now, transaction
 from service.models import (
     Attempt,
@@ -171,16 +171,16 @@ def test_cancel_queued_is_immediate_and_running_is_a_request(session_factory):
 
 
 def test_sqlite_refuses_a_second_host_but_postgresql_does_not(session_factory, backend):
-    queue.register_worker(
+    registry.register_worker(
         session_factory, worker_id="a", host="one", pid=1, device="cpu", lease_seconds=30
     )
-    register_elsewhere = lambda: queue.register_worker(  # noqa: E731
+    register_elsewhere = lambda: registry.register_worker(  # noqa: E731
         session_factory, worker_id="b", host="two", pid=2, device="cpu", lease_seconds=30
     )
     if backend == "sqlite":
         try:
             register_elsewhere()
-        except queue.WorkerRefusedError as error:
+        except registry.WorkerRefusedError as error:
             assert "SQLite serves one machine only: use PostgreSQL" in str(error)
         else:
             raise AssertionError("a second host was let in")

@@ -24,7 +24,7 @@ from service.batching import batch_sizes
 from service.db import create_db_engine, create_session_factory
 from service.inference import ModelCache, freeze_heap
 from service.models import Worker
-from service.queue import alive_workers
+from service.registry import alive_condition
 from service.schemas import HealthRead
 from service.settings import Settings, get_settings
 
@@ -128,7 +128,7 @@ async def _watch_workers(app: FastAPI, lease_seconds: float, stopping: asyncio.E
     """Keep `app.state.workers_alive` fresh for /health until `stopping` is set."""
 
     def count(session: Session) -> int:
-        condition = alive_workers(session, lease_seconds=lease_seconds)
+        condition = alive_condition(session, lease_seconds=lease_seconds)
         return session.scalar(select(func.count()).select_from(Worker).where(condition)) or 0
 
     while not stopping.is_set():

@@ -4,7 +4,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service.models import Experiment, ExperimentStatus, TrainedModel, Worker
-from service.queue import CLAIMABLE_DEVICES, alive_workers
+from service.queue import CLAIMABLE_DEVICES
+from service.registry import alive_condition
 from service.schemas import (
     AttemptRead,
     EpochRead,
@@ -42,7 +43,7 @@ def _waiting_reason(
     workers = session.scalar(
         select(func.count())
         .select_from(Worker)
-        .where(alive_workers(session, lease_seconds=lease_seconds), Worker.device.in_(able))
+        .where(alive_condition(session, lease_seconds=lease_seconds), Worker.device.in_(able))
     )
     if not workers:
         if able == ["gpu"]:

@@ -8,7 +8,7 @@ from service.api.deps import DatabaseDep, SettingsDep
 from service.api.errors import error_responses
 from service.api.security import authenticate
 from service.models import Worker
-from service.queue import alive_workers
+from service.registry import alive_condition
 from service.schemas import WorkerRead
 
 router = APIRouter(
@@ -24,7 +24,7 @@ async def list_workers(database: DatabaseDep, settings: SettingsDep) -> list[Wor
     """Every registered worker, alive ones first, newest first."""
 
     def rows(session: Session) -> list[WorkerRead]:
-        alive = alive_workers(session, lease_seconds=settings.lease_seconds).label("alive")
+        alive = alive_condition(session, lease_seconds=settings.lease_seconds).label("alive")
         found = session.execute(
             select(Worker, alive).order_by(alive.desc(), Worker.started_at.desc())
         ).all()

@@ -58,7 +58,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             wait_seconds=settings.database_wait_seconds,
             write_slots=WRITE_SLOTS.get(engine.dialect.name, 1),
         )
-        app.state.read_session_factory = app.state.database.read_session_factory
         app.state.workers_alive = None
         app.state.model_cache = ModelCache(
             settings.model_cache_size,

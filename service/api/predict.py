@@ -14,6 +14,7 @@ from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from service.api.database import Database
 from service.api.deps import ModelCacheDep, SettingsDep
 from service.api.errors import error_responses
 from service.api.experiments import get_experiment_or_404
@@ -253,10 +254,11 @@ class ModelResolver:
             return answer[0], answer[1]
         return None
 
-    def resolve(self, session_factory, experiment_id: int | None) -> tuple[int, str]:
+    async def resolve(self, database: Database, experiment_id: int | None) -> tuple[int, str]:
         now = time.monotonic()
-        with session_factory() as session:
-            chosen_id, sha256 = _choose_experiment(session, experiment_id)
+        chosen_id, sha256 = await database.read(
+            lambda session: _choose_experiment(session, experiment_id)
+        )
         self._answers[experiment_id] = (chosen_id, sha256, now)
         return chosen_id, sha256
 
@@ -296,13 +298,12 @@ async def _serving_model(
     """The experiment that serves this request, and its loaded model's batcher."""
     state = request.app.state
     resolver: ModelResolver = state.model_resolver
-    chosen = resolver.cached(experiment_id) or await run_in_threadpool(
-        resolver.resolve, state.read_session_factory, experiment_id
-    )
+    database: Database = state.database
+    chosen = resolver.cached(experiment_id) or await resolver.resolve(database, experiment_id)
     chosen_id, sha256 = chosen
 
     def fetch() -> bytes:
-        with state.read_session_factory() as fetch_session:
+        with database.read_session_factory() as fetch_session:
             return fetch_session.scalar(
                 select(TrainedModel.keras_file).where(TrainedModel.experiment_id == chosen_id)
             )

@@ -20,8 +20,8 @@ from pathlib import Path
 from common import train_through_service
 from predict_load import SPEC
 
-from service.batching import batch_sizes
-from service.inference import ModelCache, freeze_heap
+from service.serving.batching import batch_sizes
+from service.serving.inference import ModelCache, freeze_heap
 
 
 def full_collection_us(repeats: int) -> float:

@@ -77,7 +77,7 @@ end
 
 # What two of the service's settings are worth: each row runs the service with one changed.
 VARIANTS = {
-    "batching off (BATCH_WAIT_MS=0)": {"BATCH_WAIT_MS": "0"},
+    "batching off (BATCH_WAIT_SECONDS=0)": {"BATCH_WAIT_SECONDS": "0"},
     "model on every core (INFERENCE_THREADS=0)": {"INFERENCE_THREADS": "0"},
 }
 

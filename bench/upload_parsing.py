@@ -23,7 +23,7 @@ from starlette.requests import Request
 
 from service.api.uploads import multipart_field
 from service.datasets import load_fashion_mnist
-from service.images import decode_image
+from service.serving.images import decode_image
 
 CONTENT_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
 

@@ -73,7 +73,7 @@ def run_worker(device: str | None, drain: bool) -> None:
 
     settings = get_settings()
     engine = create_db_engine(
-        settings.database_url, sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms
+        settings.database_url, sqlite_busy_timeout_seconds=settings.sqlite_busy_timeout_seconds
     )
     worker = Worker(
         settings, create_session_factory(engine), device=device or settings.worker_device

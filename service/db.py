@@ -16,7 +16,7 @@ READ_ONLY_OPTION = "convlab_read_only"
 def create_db_engine(
     database_url: str,
     *,
-    sqlite_busy_timeout_ms: int = 30_000,
+    sqlite_busy_timeout_seconds: float = 30.0,
     pool_size: int = 5,
     pool_timeout: float = 30.0,
 ) -> Engine:
@@ -30,7 +30,7 @@ def create_db_engine(
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     else:
         pool = {}  # SQLAlchemy keeps in-memory databases in a pool that takes no sizes.
-    engine = create_engine(url, connect_args={"timeout": sqlite_busy_timeout_ms / 1000}, **pool)
+    engine = create_engine(url, connect_args={"timeout": sqlite_busy_timeout_seconds}, **pool)
 
     @event.listens_for(engine, "connect")
     def _configure_sqlite(dbapi_connection, _record) -> None:
@@ -40,7 +40,7 @@ def create_db_engine(
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA busy_timeout={int(sqlite_busy_timeout_ms)}")
+        cursor.execute(f"PRAGMA busy_timeout={int(sqlite_busy_timeout_seconds * 1000)}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()

@@ -28,7 +28,7 @@ from service.models import (
     Worker,
 )
 from service.results import EpochResult, TrainingResult
-from service.schemas import ExperimentSpec
+from service.spec import ExperimentSpec
 
 # A GPU worker has a CPU too, so it takes any experiment; a CPU worker leaves `gpu` ones.
 CLAIMABLE_DEVICES = {"cpu": ("auto", "cpu"), "gpu": ("auto", "cpu", "gpu")}

@@ -114,7 +114,9 @@ class Settings(BaseSettings):
         "is renewed.",
     )
 
-    sqlite_busy_timeout_ms: int = Field(default=30_000, ge=0)
+    sqlite_busy_timeout_seconds: float = Field(
+        default=30.0, ge=0, description="How long a SQLite writer waits for the lock."
+    )
     database_wait_seconds: float = Field(
         default=10.0,
         gt=0,
@@ -138,13 +140,16 @@ class Settings(BaseSettings):
     model_cache_bytes: int = Field(
         default=512 * 1024**2, gt=0, description="Most weight bytes kept loaded."
     )
-    model_check_seconds: float = Field(
+    model_lookup_ttl_seconds: float = Field(
         default=1.0,
         ge=0,
-        description="How long a request may reuse the last look-up of which model serves it.",
+        description="Lifetime of the cached answer to which model serves a predict request.",
     )
-    batch_wait_ms: float = Field(
-        default=2.0, ge=0, description="How long to gather predict requests; 0 turns it off."
+    batch_wait_seconds: float = Field(
+        default=0.002,
+        ge=0,
+        le=1,
+        description="How long to gather predict requests; 0 turns batching off.",
     )
     batch_max_images: int = Field(default=64, ge=1)
     inference_threads: int = Field(
@@ -160,8 +165,8 @@ class Settings(BaseSettings):
         le=19,
         description="Niceness of the training process, so it cannot starve an API beside it.",
     )
-    worker_threads: int | None = Field(
-        default=None, ge=1, description="Threads the training process may use; unset: all."
+    worker_threads: int = Field(
+        default=0, ge=0, description="Threads the training process may use; 0: all cores."
     )
 
     @field_validator("api_keys", "allowed_hosts", "cors_origins", mode="before")

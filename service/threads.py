@@ -7,8 +7,9 @@ import os
 THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")
 
 
-def limit_backend_threads(threads: int | None) -> None:
-    """Give this process (and the processes it starts) at most `threads` compute threads."""
+def limit_backend_threads(threads: int) -> None:
+    """Give this process (and the processes it starts) at most `threads` compute threads; 0
+    leaves the backend its default of all cores."""
     if threads:
         for variable in THREAD_VARIABLES:
             os.environ[variable] = str(threads)

@@ -22,8 +22,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import queue, registry
+from service.ml.trainer import TrainerCrashedError, TrainerProcess
 from service.settings import Settings
-from service.trainer import TrainerCrashedError, TrainerProcess
 
 logger = logging.getLogger(__name__)
 

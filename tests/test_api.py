@@ -128,7 +128,7 @@ def test_learning_curve_is_a_png(client, drain):
 
 @SQLITE_ONLY
 def test_locked_database_is_503_with_retry_after_and_loses_nothing(settings):
-    impatient = settings.model_copy(update={"sqlite_busy_timeout_ms": 200})
+    impatient = settings.model_copy(update={"sqlite_busy_timeout_seconds": 0.2})
     with TestClient(create_app(impatient)) as client:
         created = submit(client)
         blocker = sqlite3.connect(make_url(settings.database_url).database, isolation_level=None)

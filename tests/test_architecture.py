@@ -3,8 +3,8 @@
 import pytest
 
 from service.architecture import ArchitectureError, ConvBlock, summarize
-from service.schemas import ExperimentCreate
-from service.training import build_model
+from service.ml.model import build_model
+from service.spec import ExperimentCreate
 
 ARCHITECTURES = [
     {"conv_layers": 0, "dense_units": [128]},

@@ -8,10 +8,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from service.batching import MicroBatcher, batch_sizes, padded_size
-from service.inference import LoadedModel
-from service.schemas import ExperimentCreate
-from service.training import build_model
+from service.ml.model import build_model
+from service.serving.batching import MicroBatcher, batch_sizes, padded_size
+from service.serving.inference import LoadedModel
+from service.spec import ExperimentCreate
 
 # Timings or memory measured here: run alone (make test runs these after the rest).
 pytestmark = pytest.mark.serial

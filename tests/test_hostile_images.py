@@ -27,17 +27,17 @@ from PIL import Image, ImageOps
 
 from service.api import create_app
 from service.db import create_db_engine, create_session_factory
-from service.images import (
+from service.ml.model import build_model, save_model_bytes
+from service.models import Experiment, ExperimentStatus, TrainedModel, utcnow
+from service.serving.images import (
     ImageTooLargeError,
     InvalidImageError,
     decode_image,
     open_image,
     to_model_input,
 )
-from service.models import Experiment, ExperimentStatus, TrainedModel, utcnow
-from service.schemas import ExperimentCreate
 from service.settings import Settings
-from service.training import build_model, save_model_bytes
+from service.spec import ExperimentCreate
 from tests.conftest import ROOT, free_port, upgrade, wait_for_api
 
 # Pillow warns, and reads on, when an icon's frame is not the size its directory gives; the

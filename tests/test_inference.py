@@ -7,9 +7,9 @@ import weakref
 
 import numpy as np
 
-from service.inference import ModelCache
-from service.schemas import ExperimentCreate
-from service.training import build_model, save_model_bytes
+from service.ml.model import build_model, save_model_bytes
+from service.serving.inference import ModelCache
+from service.spec import ExperimentCreate
 
 SPEC = ExperimentCreate(conv_layers=1, filters=4, dense_units=[8], seed=1).to_spec()
 

@@ -15,7 +15,7 @@ from service.models import (
     TrainedModel,
 )
 from service.results import EpochResult, TrainingResult
-from service.schemas import ExperimentCreate
+from service.spec import ExperimentCreate
 
 EPOCH = EpochResult(1, 0.5, 0.8, None, None, 1.0, 10.0)
 

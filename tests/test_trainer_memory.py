@@ -4,8 +4,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from service.schemas import ExperimentCreate
-from service.trainer import TrainerProcess
+from service.ml.trainer import TrainerProcess
+from service.spec import ExperimentCreate
 
 EXPERIMENTS = 30
 MIB = 1024**2

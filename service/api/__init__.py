@@ -20,12 +20,12 @@ from service.api.handlers import install_exception_handlers
 from service.api.limits import BodyLimit
 from service.api.predict import ModelResolver
 from service.api.security import CrossSiteRefusal, HostCheck, KeyRing
-from service.batching import batch_sizes
 from service.db import create_db_engine, create_session_factory
-from service.inference import ModelCache, freeze_heap
 from service.models import Worker
 from service.registry import alive_condition
 from service.schemas import HealthRead
+from service.serving.batching import batch_sizes
+from service.serving.inference import ModelCache, freeze_heap
 from service.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_db_engine(
             settings.database_url,
-            sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms,
+            sqlite_busy_timeout_seconds=settings.sqlite_busy_timeout_seconds,
             pool_size=POOL_SIZE,
             pool_timeout=settings.database_wait_seconds,
         )
@@ -64,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.model_cache_bytes,
             warm_up_sizes=batch_sizes(settings.batch_max_images),
         )
-        app.state.model_resolver = ModelResolver(settings.model_check_seconds)
+        app.state.model_resolver = ModelResolver(settings.model_lookup_ttl_seconds)
         # One thread runs the models, one batch at a time; the compute inside a call uses the
         # backend's own threads (INFERENCE_THREADS).
         app.state.inference_executor = ThreadPoolExecutor(1, thread_name_prefix="inference")

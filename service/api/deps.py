@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from service.api.database import Database
-from service.inference import ModelCache
+from service.serving.inference import ModelCache
 from service.settings import Settings
 
 

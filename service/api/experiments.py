@@ -10,11 +10,12 @@ from sqlalchemy.orm import Session, selectinload
 from service import queue
 from service.api.deps import DatabaseDep, SettingsDep
 from service.api.errors import error_responses
+from service.api.presenters import experiment_list_item, experiment_read
 from service.api.security import CallerDep, authenticate
-from service.api.views import experiment_list_item, experiment_read
 from service.models import Experiment, ExperimentStatus, TrainedModel
 from service.plots import learning_curve_png
-from service.schemas import MAX_DATABASE_ID, ExperimentCreate, ExperimentPage, ExperimentRead
+from service.schemas import MAX_DATABASE_ID, ExperimentPage, ExperimentRead
+from service.spec import ExperimentCreate
 
 router = APIRouter(
     prefix="/experiments",

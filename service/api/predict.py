@@ -26,8 +26,10 @@ from service.api.uploads import (
     read_body,
 )
 from service.architecture import IMAGE_SIZE
-from service.batching import MicroBatcher
-from service.images import (
+from service.models import Experiment, ExperimentStatus, TrainedModel
+from service.schemas import MAX_DATABASE_ID, PredictResponse
+from service.serving.batching import MicroBatcher
+from service.serving.images import (
     ImageTooLargeError,
     InvalidImageError,
     base64_bytes,
@@ -36,9 +38,7 @@ from service.images import (
     parse_array,
     to_model_input,
 )
-from service.inference import ModelCache, describe
-from service.models import Experiment, ExperimentStatus, TrainedModel
-from service.schemas import MAX_DATABASE_ID, PredictResponse
+from service.serving.inference import ModelCache, describe
 from service.settings import Settings
 
 router = APIRouter(tags=["predict"], dependencies=[Depends(authenticate)])
@@ -315,7 +315,7 @@ async def _serving_model(
     if loaded.batcher is None:
         loaded.batcher = MicroBatcher(
             loaded,
-            max_wait=settings.batch_wait_ms / 1000,
+            max_wait=settings.batch_wait_seconds,
             max_batch=settings.batch_max_images,
             executor=state.inference_executor,
         )

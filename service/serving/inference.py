@@ -12,10 +12,10 @@ import numpy as np
 
 from service.architecture import FLOAT_BYTES, IMAGE_SIZE
 from service.datasets import CLASS_NAMES
-from service.training import load_model_bytes
+from service.ml.model import load_model_bytes
 
 if TYPE_CHECKING:
-    from service.batching import MicroBatcher
+    from service.serving.batching import MicroBatcher
 
 
 def freeze_heap() -> None:

@@ -186,17 +186,17 @@ def _serve(
     limit_backend_threads(threads)
 
     from service.datasets import load_fashion_mnist
-    from service.schemas import ExperimentSpec
-    from service.training import (
+    from service.ml.model import save_model_bytes
+    from service.ml.training import (
         TrainingInterrupted,
         available_gpus,
         clear_backend_state,
         describe_device,
-        save_model_bytes,
         steps_per_epoch,
         train,
         training_arrays,
     )
+    from service.spec import ExperimentSpec
 
     flags = _StopFlags(stop_now, stop_after_epoch, parent_pid)
     flags.start()

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 if TYPE_CHECKING:
-    from service.inference import LoadedModel
+    from service.serving.inference import LoadedModel
 
 
 def padded_size(count: int, max_batch: int) -> int:

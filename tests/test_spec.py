@@ -2,7 +2,7 @@
 
 import pytest
 
-from service.schemas import ExperimentCreate, StopRule
+from service.spec import ExperimentCreate, StopRule
 
 
 def test_count_form_spells_out_every_layer_with_defaults():

@@ -10,7 +10,7 @@ import pytest
 
 from service.ml.model import build_model
 from service.serving.batching import MicroBatcher, batch_sizes, padded_size
-from service.serving.inference import LoadedModel
+from service.serving.model_cache import LoadedModel
 from service.spec import ExperimentCreate
 
 # Timings or memory measured here: run alone (make test runs these after the rest).

@@ -5,7 +5,6 @@ import contextlib
 import logging
 import sys
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -17,15 +16,14 @@ from sqlalchemy.orm import Session
 from service.api import experiments, predict, workers
 from service.api.database import POOL_SIZE, WRITE_SLOTS, Database
 from service.api.handlers import install_exception_handlers
+from service.api.heap import freeze_heap
 from service.api.limits import BodyLimit
-from service.api.predict import ModelResolver
 from service.api.security import CrossSiteRefusal, HostCheck, KeyRing
 from service.db import create_db_engine, create_session_factory
 from service.models import Worker
 from service.registry import alive_condition
 from service.schemas import HealthRead
-from service.serving.batching import batch_sizes
-from service.serving.inference import ModelCache, freeze_heap
+from service.serving.model_server import ModelServer
 from service.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -38,7 +36,7 @@ HEALTH_REFRESH_SECONDS = 2.0
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """An app whose lifespan owns the engine, the model cache and the health watcher."""
+    """An app whose lifespan owns the engine, the model server and the health watcher."""
     settings = settings or get_settings()
     settings.check_exposure()
 
@@ -59,15 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             write_slots=WRITE_SLOTS.get(engine.dialect.name, 1),
         )
         app.state.workers_alive = None
-        app.state.model_cache = ModelCache(
-            settings.model_cache_size,
-            settings.model_cache_bytes,
-            warm_up_sizes=batch_sizes(settings.batch_max_images),
-        )
-        app.state.model_resolver = ModelResolver(settings.model_lookup_ttl_seconds)
-        # One thread runs the models, one batch at a time; the compute inside a call uses the
-        # backend's own threads (INFERENCE_THREADS).
-        app.state.inference_executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
+        app.state.model_server = ModelServer(app.state.database, settings, after_load=freeze_heap)
         stopping = asyncio.Event()
         watcher = asyncio.create_task(_watch_workers(app, settings.lease_seconds, stopping))
         freeze_heap()
@@ -78,7 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Not cancelled: a count in flight finishes and returns its connection first.
         stopping.set()
         await watcher
-        app.state.inference_executor.shutdown()
+        app.state.model_server.close()
         app.state.database.close()
         engine.dispose()
 

@@ -1,11 +1,11 @@
-"""Request dependencies: settings, the database gate, the model cache."""
+"""Request dependencies: settings, the database gate, the model server."""
 
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from service.api.database import Database
-from service.serving.inference import ModelCache
+from service.serving.model_server import ModelServer
 from service.settings import Settings
 
 
@@ -18,10 +18,10 @@ async def get_database(request: Request) -> Database:
     return request.app.state.database
 
 
-async def get_model_cache(request: Request) -> ModelCache:
-    return request.app.state.model_cache
+async def get_model_server(request: Request) -> ModelServer:
+    return request.app.state.model_server
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 DatabaseDep = Annotated[Database, Depends(get_database)]
-ModelCacheDep = Annotated[ModelCache, Depends(get_model_cache)]
+ModelServerDep = Annotated[ModelServer, Depends(get_model_server)]

@@ -1,4 +1,8 @@
-"""POST /predict: classify uploaded images with a trained experiment's model."""
+"""POST /predict: classify uploaded images with a trained experiment's model.
+
+This module reads the request and writes the response; the model server (service/serving/)
+chooses, loads and batches the model.
+"""
 
 import json
 import time
@@ -10,14 +14,9 @@ import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from PIL import Image
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from service.api.database import Database
-from service.api.deps import ModelCacheDep, SettingsDep
+from service.api.deps import ModelServerDep, SettingsDep
 from service.api.errors import error_responses
-from service.api.experiments import get_experiment_or_404
 from service.api.security import authenticate
 from service.api.uploads import (
     MalformedMultipartError,
@@ -26,19 +25,12 @@ from service.api.uploads import (
     read_body,
 )
 from service.architecture import IMAGE_SIZE
-from service.models import Experiment, ExperimentStatus, TrainedModel
+from service.datasets import CLASS_NAMES
 from service.schemas import MAX_DATABASE_ID, PredictResponse
-from service.serving.batching import MicroBatcher
-from service.serving.images import (
-    ImageTooLargeError,
-    InvalidImageError,
-    base64_bytes,
-    open_image,
-    padded_pixels,
-    parse_array,
-    to_model_input,
-)
-from service.serving.inference import ModelCache, describe
+from service.serving.images import ImageTooLargeError, InvalidImageError
+from service.serving.instances import Instance, decoding_pixels, open_instances, to_batch
+from service.serving.model_server import ModelServer, ServedModel
+from service.serving.resolver import ExperimentNotFoundError, ModelNotReadyError
 from service.settings import Settings
 
 router = APIRouter(tags=["predict"], dependencies=[Depends(authenticate)])
@@ -102,9 +94,6 @@ REQUEST_BODY = {
     },
 }
 
-# An instance as `_open` leaves it for decoding: an image whose header is read, or an array.
-Instance = Image.Image | list
-
 
 def _unprocessable(message: str) -> HTTPException:
     return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, message)
@@ -160,46 +149,28 @@ def _instances(body: bytes, settings: Settings) -> list:
 
 
 @contextmanager
-def _instance_errors(index: int) -> Iterator[None]:
-    """Name the instance a decoding error is about, as a 413 or a 422."""
+def _image_errors() -> Iterator[None]:
+    """An instance that cannot be read, as a 413 (over a budget) or a 422."""
     try:
         yield
     except ImageTooLargeError as error:
-        raise payload_too_large(f"instance {index}: {error}") from None
+        raise payload_too_large(str(error)) from None
     except InvalidImageError as error:
-        raise _unprocessable(f"instance {index}: {error}") from None
+        raise _unprocessable(str(error)) from None
 
 
-def _open(index: int, upload: object, settings: Settings) -> Instance:
-    """An instance with its image's header read and checked against the budget, not decoded."""
-    with _instance_errors(index):
-        if isinstance(upload, dict):
-            if set(upload) != {"b64"} or not isinstance(upload["b64"], str):
-                raise InvalidImageError('an object instance must be {"b64": "<base64 image>"}')
-            upload = base64_bytes(upload["b64"])
-        if isinstance(upload, bytes):
-            return open_image(
-                upload, max_pixels=settings.max_image_pixels, max_side=settings.max_image_side
-            )
-        if not isinstance(upload, list):
-            raise InvalidImageError('an instance must be a 28×28 array or {"b64": ...}')
-        return upload
-
-
-def _pixels(instance: Instance) -> int:
-    return padded_pixels(instance) if isinstance(instance, Image.Image) else IMAGE_SIZE**2
+def _open_all(uploads: list, settings: Settings) -> list[Instance]:
+    """The uploads with their headers read, refused together past the request's budget."""
+    with _image_errors():
+        return open_instances(
+            uploads, max_pixels=settings.max_image_pixels, max_side=settings.max_image_side
+        )
 
 
 def _to_batch(instances: list[Instance], invert: bool | None) -> np.ndarray:
     """The instances decoded into one N×28×28 batch scaled to [0, 1]."""
-    pixels = []
-    for index, instance in enumerate(instances):
-        with _instance_errors(index):
-            if isinstance(instance, Image.Image):
-                pixels.append(to_model_input(instance, invert=invert))
-            else:
-                pixels.append(parse_array(instance))
-    return np.stack(pixels)
+    with _image_errors():
+        return to_batch(instances, invert=invert)
 
 
 async def _read_images(
@@ -212,23 +183,9 @@ async def _read_images(
             _decode_all, content_type, media_type, body, settings, invert
         )
     instances = _open_all(_uploads(content_type, media_type, body, settings), settings)
-    if sum(map(_pixels, instances)) <= INLINE_DECODE_PIXELS:
+    if decoding_pixels(instances) <= INLINE_DECODE_PIXELS:
         return _to_batch(instances, invert)
     return await run_in_threadpool(_to_batch, instances, invert)
-
-
-def _open_all(uploads: list, settings: Settings) -> list[Instance]:
-    """The uploads with their headers read, refused together past the request's budget."""
-    instances = [_open(index, upload, settings) for index, upload in enumerate(uploads)]
-    # Each image is checked against MAX_IMAGE_PIXELS alone; so is the whole request, or 256
-    # tiny files that each announce 4096×4096 would cost seconds of decoding.
-    total = sum(map(_pixels, instances))
-    if total > settings.max_image_pixels:
-        raise payload_too_large(
-            f"the images add up to {total:,} pixels (as padded squares), over the "
-            f"{settings.max_image_pixels:,} one request may decode: send fewer or smaller ones"
-        )
-    return instances
 
 
 def _decode_all(
@@ -238,88 +195,30 @@ def _decode_all(
     return _to_batch(_open_all(uploads, settings), invert)
 
 
-class ModelResolver:
-    """Which experiment's model serves a request, remembered for `ttl` seconds.
+async def _serving_model(model_server: ModelServer, experiment_id: int | None) -> ServedModel:
+    """The model that serves this request, or the 404 or 409 that says why none can."""
+    try:
+        return await model_server.model_for(experiment_id)
+    except ExperimentNotFoundError as error:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(error)) from None
+    except ModelNotReadyError as error:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
 
-    Saves a database round trip per prediction; a model that changes is picked up within `ttl`.
-    """
 
-    def __init__(self, ttl: float) -> None:
-        self.ttl = ttl
-        self._answers: dict[int | None, tuple[int, str, float]] = {}
-
-    def cached(self, experiment_id: int | None) -> tuple[int, str] | None:
-        answer = self._answers.get(experiment_id)
-        if answer is not None and time.monotonic() - answer[2] < self.ttl:
-            return answer[0], answer[1]
-        return None
-
-    async def resolve(self, database: Database, experiment_id: int | None) -> tuple[int, str]:
-        now = time.monotonic()
-        chosen_id, sha256 = await database.read(
-            lambda session: _choose_experiment(session, experiment_id)
+def predictions_from(probabilities: np.ndarray) -> list[dict]:
+    """The response's prediction for each row of class probabilities."""
+    predictions = []
+    for row in probabilities:
+        label = int(np.argmax(row))
+        predictions.append(
+            {
+                "label": label,
+                "class_name": CLASS_NAMES[label],
+                "confidence": float(row[label]),
+                "probabilities": [float(p) for p in row],
+            }
         )
-        self._answers[experiment_id] = (chosen_id, sha256, now)
-        return chosen_id, sha256
-
-
-def _choose_experiment(session: Session, experiment_id: int | None) -> tuple[int, str]:
-    """The experiment whose model serves this request, and its model's checksum."""
-    if experiment_id is None:
-        row = session.execute(
-            select(Experiment.id, TrainedModel.sha256)
-            .join(TrainedModel, TrainedModel.experiment_id == Experiment.id)
-            .where(Experiment.status == ExperimentStatus.SUCCEEDED)
-            .order_by(Experiment.finished_at.desc(), Experiment.id.desc())
-            .limit(1)
-        ).first()
-        if row is None:
-            raise HTTPException(
-                status.HTTP_409_CONFLICT,
-                "no experiment has finished training yet: POST /experiments and wait for it",
-            )
-        return row.id, row.sha256
-    experiment = get_experiment_or_404(session, experiment_id)
-    sha256 = session.scalar(
-        select(TrainedModel.sha256).where(TrainedModel.experiment_id == experiment_id)
-    )
-    if experiment.status != ExperimentStatus.SUCCEEDED or sha256 is None:
-        raise HTTPException(
-            status.HTTP_409_CONFLICT,
-            f"experiment {experiment_id} is {experiment.status}, not succeeded: "
-            "its model can serve once training has finished",
-        )
-    return experiment_id, sha256
-
-
-async def _serving_model(
-    request: Request, settings: Settings, cache: ModelCache, experiment_id: int | None
-) -> tuple[int, MicroBatcher]:
-    """The experiment that serves this request, and its loaded model's batcher."""
-    state = request.app.state
-    resolver: ModelResolver = state.model_resolver
-    database: Database = state.database
-    chosen = resolver.cached(experiment_id) or await resolver.resolve(database, experiment_id)
-    chosen_id, sha256 = chosen
-
-    def fetch() -> bytes:
-        with database.read_session_factory() as fetch_session:
-            return fetch_session.scalar(
-                select(TrainedModel.keras_file).where(TrainedModel.experiment_id == chosen_id)
-            )
-
-    if cache.holds(chosen_id, sha256):
-        loaded = cache.get(chosen_id, sha256, fetch)
-    else:
-        loaded = await run_in_threadpool(cache.get, chosen_id, sha256, fetch)
-    if loaded.batcher is None:
-        loaded.batcher = MicroBatcher(
-            loaded,
-            max_wait=settings.batch_wait_seconds,
-            max_batch=settings.batch_max_images,
-            executor=state.inference_executor,
-        )
-    return chosen_id, loaded.batcher
+    return predictions
 
 
 @router.post(
@@ -331,7 +230,7 @@ async def _serving_model(
 async def predict(
     request: Request,
     settings: SettingsDep,
-    cache: ModelCacheDep,
+    model_server: ModelServerDep,
     experiment_id: Annotated[
         int | None, Query(ge=1, le=MAX_DATABASE_ID, description="default: latest succeeded")
     ] = None,
@@ -347,7 +246,7 @@ async def predict(
     body = await read_body(request)
     if not body:
         raise _unprocessable(f"the body is empty: send {MEDIA_TYPES}")
-    chosen_id, batcher = await _serving_model(request, settings, cache, experiment_id)
+    chosen_id, batcher = await _serving_model(model_server, experiment_id)
     async with batcher.arriving() as ticket:
         pixels = await _read_images(content_type, media_type, body, settings, invert)
         decoded = time.perf_counter()
@@ -356,7 +255,7 @@ async def predict(
     response = {
         "experiment_id": chosen_id,
         "model_selection": "requested" if experiment_id is not None else "latest_succeeded",
-        "predictions": describe(answer.probabilities),
+        "predictions": predictions_from(answer.probabilities),
     }
     # Built by hand, not validated again: FastAPI's response_model pass would double the work.
     return JSONResponse(

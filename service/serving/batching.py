@@ -14,12 +14,15 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from service.serving.inference import LoadedModel
+
+class Predictor(Protocol):
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        """Class probabilities for an N×28×28 batch, in one call."""
+        ...
 
 
 def padded_size(count: int, max_batch: int) -> int:
@@ -58,7 +61,7 @@ class MicroBatcher:
 
     def __init__(
         self,
-        model: "LoadedModel",
+        model: Predictor,
         *,
         max_wait: float,
         max_batch: int,

@@ -7,8 +7,9 @@ import weakref
 
 import numpy as np
 
+from service.api.heap import freeze_heap
 from service.ml.model import build_model, save_model_bytes
-from service.serving.inference import ModelCache
+from service.serving.model_cache import ModelCache
 from service.spec import ExperimentCreate
 
 SPEC = ExperimentCreate(conv_layers=1, filters=4, dense_units=[8], seed=1).to_spec()
@@ -27,7 +28,7 @@ def keras_file(seed: int) -> bytes:
     return save_model_bytes(model)
 
 
-def test_least_recently_used_model_is_evicted_past_the_count(dataset):
+def test_least_recently_used_model_is_evicted_past_the_count():
     data = keras_file(1)
     cache = ModelCache(capacity=2, max_bytes=10**9)
     for experiment_id in (1, 2):
@@ -77,7 +78,7 @@ def test_loading_one_model_does_not_stall_requests_for_another():
 
 def test_loaded_models_stay_out_of_collections_and_evicted_ones_are_freed():
     data = keras_file(1)
-    cache = ModelCache(capacity=1, max_bytes=10**9)
+    cache = ModelCache(capacity=1, max_bytes=10**9, on_load=freeze_heap)
     first = weakref.ref(cache.get(1, "a", lambda: data).model)
     # Frozen: the collector's full passes no longer walk the loaded model and its backend.
     assert first() is not None and gc.get_freeze_count() > 0

@@ -1,33 +1,14 @@
-"""Serving trained models: a bounded cache of loaded models, the heap freeze after loads, and
-the response entry for each prediction."""
+"""Trained models loaded and warmed up, least recently used evicted past a count or a size."""
 
-import gc
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from service.architecture import FLOAT_BYTES, IMAGE_SIZE
-from service.datasets import CLASS_NAMES
 from service.ml.model import load_model_bytes
-
-if TYPE_CHECKING:
-    from service.serving.batching import MicroBatcher
-
-
-def freeze_heap() -> None:
-    """Keep what is alive now (TensorFlow's modules, loaded models) out of later collections.
-
-    A full collection walks every tracked object, and a process with Keras loaded holds about
-    400,000: each took 150–200 ms with the GIL held and freed nothing (bench/gc_pause.py).
-    Frozen objects are skipped. Unfreezing first lets a model evicted since be collected.
-    """
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
 
 
 @dataclass
@@ -36,7 +17,6 @@ class LoadedModel:
     sha256: str
     model: object
     size_bytes: int
-    batcher: "MicroBatcher | None" = None
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         """Class probabilities for a batch of 28×28 images, in one compiled call."""
@@ -46,12 +26,21 @@ class LoadedModel:
 class ModelCache:
     """Loaded, warmed-up models, least recently used evicted past `capacity` or `max_bytes`."""
 
-    def __init__(self, capacity: int, max_bytes: int, warm_up_sizes: Sequence[int] = (1,)) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        max_bytes: int,
+        warm_up_sizes: Sequence[int] = (1,),
+        on_load: Callable[[], None] | None = None,
+    ) -> None:
         self.capacity = capacity
         self.max_bytes = max_bytes
         # Each batch size is compiled at load, so no request pays for a compilation (JAX compiles
         # every shape; TensorFlow generalizes after two).
         self.warm_up_sizes = warm_up_sizes
+        # Called after each load, evictions done, on the loading thread: the API process
+        # freezes its heap there (service/api/heap.py).
+        self.on_load = on_load
         self._models: OrderedDict[int, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[int, threading.Lock] = {}
@@ -83,7 +72,8 @@ class ModelCache:
                     len(self._models) > self.capacity or self.cached_bytes() > self.max_bytes
                 ):
                     self._models.popitem(last=False)
-            freeze_heap()
+            if self.on_load is not None:
+                self.on_load()
             return loaded
 
     def holds(self, experiment_id: int, sha256: str) -> bool:
@@ -97,19 +87,3 @@ class ModelCache:
     def cached_ids(self) -> list[int]:
         with self._lock:
             return list(self._models)
-
-
-def describe(probabilities: np.ndarray) -> list[dict]:
-    """The response entry for each row of class probabilities."""
-    predictions = []
-    for row in probabilities:
-        label = int(np.argmax(row))
-        predictions.append(
-            {
-                "label": label,
-                "class_name": CLASS_NAMES[label],
-                "confidence": float(row[label]),
-                "probabilities": [float(p) for p in row],
-            }
-        )
-    return predictions

@@ -1,0 +1,97 @@
+"""Which experiment's model serves a request, looked up in the database and remembered."""
+
+import time
+from collections.abc import Callable
+from typing import Protocol, TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.models import Experiment, ExperimentStatus, TrainedModel
+
+Result = TypeVar("Result")
+
+
+class ReadOnlyDatabase(Protocol):
+    """What serving needs of the API's database gate (service/api/database.py)."""
+
+    read_session_factory: sessionmaker[Session]
+
+    async def read(self, work: Callable[[Session], Result]) -> Result:
+        """Run `work` in a read-only transaction, in one of the gate's slots."""
+        ...
+
+
+class ExperimentNotFoundError(LookupError):
+    """The requested experiment does not exist."""
+
+
+class ModelNotReadyError(RuntimeError):
+    """No model can serve yet: the experiment, or every experiment, has not finished training."""
+
+
+class ModelResolver:
+    """Which experiment's model serves a request, remembered for `ttl` seconds.
+
+    Saves a database round trip per prediction; a model that changes is picked up within `ttl`.
+    """
+
+    def __init__(self, database: ReadOnlyDatabase, ttl: float) -> None:
+        self.database = database
+        self.ttl = ttl
+        self._answers: dict[int | None, tuple[int, str, float]] = {}
+
+    def cached(self, experiment_id: int | None) -> tuple[int, str] | None:
+        """The remembered answer for `experiment_id` (None: the latest succeeded), if fresh."""
+        answer = self._answers.get(experiment_id)
+        if answer is not None and time.monotonic() - answer[2] < self.ttl:
+            return answer[0], answer[1]
+        return None
+
+    async def resolve(self, experiment_id: int | None) -> tuple[int, str]:
+        """The serving experiment's id and its model's checksum, read from the database."""
+        now = time.monotonic()
+        chosen_id, sha256 = await self.database.read(
+            lambda session: choose_experiment(session, experiment_id)
+        )
+        self._answers[experiment_id] = (chosen_id, sha256, now)
+        return chosen_id, sha256
+
+
+def choose_experiment(session: Session, experiment_id: int | None) -> tuple[int, str]:
+    """The experiment whose model serves this request, and its model's checksum."""
+    if experiment_id is None:
+        latest = session.execute(
+            select(Experiment.id, TrainedModel.sha256)
+            .join(TrainedModel, TrainedModel.experiment_id == Experiment.id)
+            .where(Experiment.status == ExperimentStatus.SUCCEEDED)
+            .order_by(Experiment.finished_at.desc(), Experiment.id.desc())
+            .limit(1)
+        ).first()
+        if latest is None:
+            raise ModelNotReadyError(
+                "no experiment has finished training yet: POST /experiments and wait for it"
+            )
+        return latest.id, latest.sha256
+    requested = session.execute(
+        select(Experiment.status, TrainedModel.sha256)
+        .outerjoin(TrainedModel, TrainedModel.experiment_id == Experiment.id)
+        .where(Experiment.id == experiment_id)
+    ).first()
+    if requested is None:
+        raise ExperimentNotFoundError(
+            f"experiment {experiment_id} does not exist: GET /experiments lists them"
+        )
+    if requested.status != ExperimentStatus.SUCCEEDED or requested.sha256 is None:
+        raise ModelNotReadyError(
+            f"experiment {experiment_id} is {requested.status}, not succeeded: "
+            "its model can serve once training has finished"
+        )
+    return experiment_id, requested.sha256
+
+
+def stored_model(session: Session, experiment_id: int) -> bytes:
+    """The experiment's saved `.keras` file."""
+    return session.scalar(
+        select(TrainedModel.keras_file).where(TrainedModel.experiment_id == experiment_id)
+    )

@@ -197,8 +197,8 @@ def test_an_undecodable_upload_is_described_in_our_words(trained):
 
 
 def test_a_body_without_a_declared_length_is_cut_off_at_the_limit(trained):
-    client, _ = trained
     """A chunked upload declares no length: reading stops with a 413 once it passes the limit."""
+    client, _ = trained
     limit = client.app.state.settings.max_upload_bytes
     chunks = iter([b"\x89PNG" + b"0" * 1024 * 1024] * (limit // (1024 * 1024) + 2))
     response = client.post("/predict", content=chunks, headers={"content-type": "image/png"})

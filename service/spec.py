@@ -3,7 +3,7 @@
 import math
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from service.architecture import ArchitectureError, ConvBlock, ModelSummary, summarize
 
@@ -14,6 +14,15 @@ MAX_DENSE_UNITS = 4096
 MAX_EPOCHS = 500
 MAX_BATCH_SIZE = 4096
 TRAIN_IMAGES = 60_000
+# What a spec that leaves a field out gets, both as it is sent and as it is stored.
+DEFAULT_CONV_LAYERS = 2
+DEFAULT_FILTERS = 32
+DEFAULT_KERNEL_SIZE = 3
+DEFAULT_POOL_SIZE = 2
+DEFAULT_DENSE_UNITS = (128,)
+DEFAULT_EPOCHS = 5
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_LEARNING_RATE = 0.001
 
 # Strict: JSON `true` and "2" are not integers, and NaN or Infinity is no number to train with.
 Filters = Annotated[int, Field(strict=True, ge=1, le=MAX_FILTERS)]
@@ -54,18 +63,35 @@ class StopRule(StrictModel):
 
 
 class ExperimentSpec(StrictModel):
-    """The normalized, complete spec that is stored and trained."""
+    """The normalized, complete spec that is stored and trained.
 
-    conv_layers: list[ConvLayer]
-    dense_units: list[int]
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    seed: int | None
-    train_samples: int | None
-    validation_split: float
-    device: Literal["auto", "cpu", "gpu"]
-    stop: StopRule | None
+    Every field has a default, the same as ExperimentCreate's, so that a row stored before a
+    field existed still reads: it trained with what the default now says.
+    """
+
+    conv_layers: list[ConvLayer] = Field(
+        default_factory=lambda: [
+            ConvLayer(
+                filters=DEFAULT_FILTERS,
+                kernel_size=DEFAULT_KERNEL_SIZE,
+                pool_size=DEFAULT_POOL_SIZE,
+            )
+            for _ in range(DEFAULT_CONV_LAYERS)
+        ]
+    )
+    dense_units: list[int] = Field(default_factory=lambda: list(DEFAULT_DENSE_UNITS))
+    epochs: int = DEFAULT_EPOCHS
+    batch_size: int = DEFAULT_BATCH_SIZE
+    learning_rate: float = DEFAULT_LEARNING_RATE
+    seed: int | None = None
+    train_samples: int | None = None
+    validation_split: float = 0.0
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+    stop: StopRule | None = None
+
+    # Frozen, so the summary computed once stays the summary of these fields.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    _summary: ModelSummary | None = PrivateAttr(default=None)
 
     def training_steps(self) -> int:
         """Epochs × steps per epoch: the batches training will run through."""
@@ -73,10 +99,14 @@ class ExperimentSpec(StrictModel):
         return self.epochs * math.ceil(fitted / self.batch_size)
 
     def summary(self) -> ModelSummary:
-        blocks = [
-            ConvBlock(c.filters, c.kernel_size, c.pool_size or None) for c in self.conv_layers
-        ]
-        return summarize(blocks, self.dense_units, batch_size=self.batch_size)
+        """Layer shapes and sizes; computed on the first call (it raises ArchitectureError for
+        a network that cannot be built), then kept."""
+        if self._summary is None:
+            blocks = [
+                ConvBlock(c.filters, c.kernel_size, c.pool_size or None) for c in self.conv_layers
+            ]
+            self._summary = summarize(blocks, self.dense_units, batch_size=self.batch_size)
+        return self._summary
 
 
 class ExperimentCreate(StrictModel):
@@ -86,19 +116,23 @@ class ExperimentCreate(StrictModel):
     conv_layers: (
         Annotated[int, Field(strict=True, ge=0, le=MAX_CONV_LAYERS)]
         | Annotated[list[ConvLayerInput], Field(max_length=MAX_CONV_LAYERS)]
-    ) = 2
-    filters: Filters = 32
-    kernel_size: KernelSize = 3
-    pool_size: PoolSize = 2
-    dense_units: Annotated[list[DenseUnits], Field(max_length=MAX_DENSE_LAYERS)] = [128]
-    epochs: Annotated[int, Field(strict=True, ge=1, le=MAX_EPOCHS)] = 5
-    batch_size: Annotated[int, Field(strict=True, ge=1, le=MAX_BATCH_SIZE)] = 32
-    learning_rate: Annotated[FiniteFloat, Field(gt=0, le=1)] = 0.001
+    ) = DEFAULT_CONV_LAYERS
+    filters: Filters = DEFAULT_FILTERS
+    kernel_size: KernelSize = DEFAULT_KERNEL_SIZE
+    pool_size: PoolSize = DEFAULT_POOL_SIZE
+    dense_units: Annotated[list[DenseUnits], Field(max_length=MAX_DENSE_LAYERS)] = list(
+        DEFAULT_DENSE_UNITS
+    )
+    epochs: Annotated[int, Field(strict=True, ge=1, le=MAX_EPOCHS)] = DEFAULT_EPOCHS
+    batch_size: Annotated[int, Field(strict=True, ge=1, le=MAX_BATCH_SIZE)] = DEFAULT_BATCH_SIZE
+    learning_rate: Annotated[FiniteFloat, Field(gt=0, le=1)] = DEFAULT_LEARNING_RATE
     seed: Annotated[int, Field(strict=True, ge=0, le=2**31 - 1)] | None = None
     train_samples: Annotated[int, Field(strict=True, ge=1, le=TRAIN_IMAGES)] | None = None
     validation_split: Annotated[FiniteFloat, Field(ge=0, le=0.5)] = 0.0
     device: Literal["auto", "cpu", "gpu"] = "auto"
     stop: StopRule | None = None
+
+    _spec: ExperimentSpec | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _check_buildable(self) -> Self:
@@ -109,14 +143,22 @@ class ExperimentCreate(StrictModel):
             )
         if self.train_samples and int(self.train_samples * (1 - self.validation_split)) < 1:
             raise ValueError("validation_split leaves no training images: raise train_samples")
+        spec = self._normalize()
         try:
-            self.to_spec().summary()
+            spec.summary()
         except ArchitectureError as error:
             raise ValueError(str(error)) from None
+        self._spec = spec
         return self
 
     def to_spec(self) -> ExperimentSpec:
-        """The full form: every conv layer spelled out, every default filled in."""
+        """The full form: every conv layer spelled out, every default filled in. Built and
+        checked once, when the request is validated."""
+        if self._spec is None:
+            self._spec = self._normalize()
+        return self._spec
+
+    def _normalize(self) -> ExperimentSpec:
         if isinstance(self.conv_layers, int):
             layers = [
                 ConvLayer(

@@ -6,9 +6,10 @@ import sys
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 from service.api import create_app
-from service.settings import UnsafeExposureError
+from service.settings import Settings, UnsafeExposureError
 from tests.conftest import ROOT, SQLITE_ONLY, TINY_SPEC
 
 KEY = "test-key-0123456789abcdef"
@@ -71,9 +72,7 @@ def test_keys_come_from_a_file_too(settings, tmp_path):
         assert client.get("/experiments", headers=bearer(KEY)).status_code == 200
 
 
-def test_short_keys_and_unreadable_key_files_are_refused(settings, tmp_path):
-    from service.settings import Settings
-
+def test_short_keys_and_unreadable_key_files_are_refused(tmp_path):
     with pytest.raises(ValueError, match="shorter than 16"):
         Settings(api_keys="short", _env_file=None)
     with pytest.raises(ValueError, match="API_KEYS_FILE cannot be read"):
@@ -85,7 +84,8 @@ def test_the_queue_limit_counts_each_keys_experiments(keyed_settings):
     limited = keyed_settings.model_copy(update={"max_queued": 2})
     with TestClient(create_app(limited)) as client:
         for _ in range(2):
-            assert client.post("/experiments", json=TINY_SPEC, headers=bearer(KEY)).status_code
+            accepted = client.post("/experiments", json=TINY_SPEC, headers=bearer(KEY))
+            assert accepted.status_code == 202
         refused = client.post("/experiments", json=TINY_SPEC, headers=bearer(KEY))
         assert refused.status_code == 429
         assert int(refused.headers["retry-after"]) > 0
@@ -194,10 +194,6 @@ def test_the_api_command_refuses_to_start_on_a_public_host_without_keys(database
     ],
 )
 def test_settings_that_cannot_work_are_refused(setting, value, message):
-    from pydantic import ValidationError
-
-    from service.settings import Settings
-
     with pytest.raises(ValidationError, match=message) as refused:
         Settings(**{setting: value}, _env_file=None)
     if setting == "api_keys":

@@ -92,7 +92,9 @@ def test_api_and_workers_share_sqlite_without_database_is_locked(settings, tmp_p
         log.seek(0)
         output += log.read()
         log.close()
-    assert created and len(statuses) > 4 * len(created) // 2
+    # At least one POST-and-three-GETs loop a second across the clients: the API kept
+    # answering through the soak instead of stalling behind the workers' writes.
+    assert len(created) >= SOAK_SECONDS
     assert set(statuses) <= {200, 202}, sorted(set(statuses))
     assert "database is locked" not in output
     assert "Traceback" not in output

@@ -1,8 +1,19 @@
 # One image for the API and the workers. Build a GPU worker image with --build-arg GPU=1.
 ARG BASE_IMAGE=python:3.12-slim-bookworm
-FROM ${BASE_IMAGE}
 
+# The run-time requirements alone, out of pyproject.toml: the layer that installs them is
+# rebuilt when they change, not when a version, a dev tool or a description does.
+FROM ${BASE_IMAGE} AS requirements
 ARG GPU=0
+WORKDIR /src
+COPY pyproject.toml ./
+RUN python3 -c 'import sys, tomllib; \
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+backend = ["tensorflow[and-cuda]>=2.16"] if sys.argv[1] == "1" \
+    else project["optional-dependencies"]["tensorflow"]; \
+print("\n".join(project["dependencies"] + backend))' "$GPU" >requirements.txt
+
+FROM ${BASE_IMAGE}
 # Where builds go through a TLS-inspecting proxy: the CA bundle pip should trust.
 ARG PIP_CERT
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -21,11 +32,8 @@ RUN python3 -m venv $VIRTUAL_ENV
 WORKDIR /app
 
 # Dependencies first, so a change to the source or the docs rebuilds only the last layers.
-COPY pyproject.toml ./
-RUN mkdir service && touch service/__init__.py README.md \
-    && if [ "$GPU" = "1" ]; then pip install 'tensorflow[and-cuda]>=2.16' '.' ; \
-       else pip install '.[tensorflow]'; fi \
-    && rm -rf service README.md
+COPY --from=requirements /src/requirements.txt /tmp/requirements.txt
+RUN pip install -r /tmp/requirements.txt
 
 # What does not change with the code comes first, so a code change rebuilds three layers.
 RUN useradd --create-home --uid 10001 convlab && mkdir -p /app/data && chown convlab /app/data

@@ -63,9 +63,11 @@ if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
 fi
 
 step "Build convlab:latest and the test PostgreSQL image"
+build_started=$SECONDS
 docker build --network host --build-arg BASE_IMAGE="$BASE_IMAGE" \
   --build-arg PIP_CERT=/etc/ssl/certs/ca-certificates.crt -t convlab:latest . | tail -n 3 \
   || fail "docker build"
+echo "convlab:latest built in $((SECONDS - build_started)) s"
 docker build --network host --build-arg BASE_IMAGE="$BASE_IMAGE" \
   -t convlab-test-postgres:latest -f tests/docker/postgres.Dockerfile tests/docker | tail -n 2 \
   || fail "docker build postgres"

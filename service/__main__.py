@@ -69,13 +69,13 @@ def run_api() -> None:
 def run_worker(device: str | None, drain: bool) -> None:
     from service.db import create_db_engine, create_session_factory
     from service.registry import WorkerRefusedError
-    from service.worker import Worker
+    from service.worker import TrainingWorker
 
     settings = get_settings()
     engine = create_db_engine(
         settings.database_url, sqlite_busy_timeout_seconds=settings.sqlite_busy_timeout_seconds
     )
-    worker = Worker(
+    worker = TrainingWorker(
         settings, create_session_factory(engine), device=device or settings.worker_device
     )
     worker.install_signal_handlers()

@@ -99,6 +99,8 @@ class Experiment(Base):
     worker_id: Mapped[str | None] = mapped_column(String(200))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     device: Mapped[str | None] = mapped_column(String(200))
+    # The Keras backend that trained it: "tensorflow", "jax" or "torch".
+    backend: Mapped[str | None] = mapped_column(String(32))
 
     progress_epoch: Mapped[int | None] = mapped_column(Integer)
     progress_step: Mapped[int | None] = mapped_column(Integer)

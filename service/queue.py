@@ -1,33 +1,22 @@
-"""The database as the job queue: enqueue, claim, report, finish, cancel and recover.
+"""The database as the job queue: enqueue, claim and cancel.
 
-Every write a worker makes after its claim is fenced by the claim's token and the `running`
-status, so a worker whose lease was taken away cannot change the experiment any more. Leases
-are measured by the database's clock only.
+What the holder of a claim writes afterwards, and the recovery of expired leases, is in
+`service.leases`.
 """
 
-import hashlib
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
-from sqlalchemy import case, delete, func, insert, select, text, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.sql.elements import ColumnElement
 
 from service.db import db_now, dialect_of, transaction
 from service.models import (
     Attempt,
-    AttemptOutcome,
-    Checkpoint,
-    EpochMetric,
     Experiment,
     ExperimentStatus,
-    TrainedModel,
     Worker,
 )
-from service.results import EpochResult, TrainingResult
 from service.spec import ExperimentSpec
 
 # A GPU worker has a CPU too, so it takes any experiment; a CPU worker leaves `gpu` ones.
@@ -47,16 +36,12 @@ class QueueFullError(RuntimeError):
 
 @dataclass(frozen=True)
 class Claim:
+    """A running experiment taken by one worker; its token fences every later write."""
+
     experiment_id: int
     token: str
     attempt: int
     spec: ExperimentSpec
-
-
-@dataclass(frozen=True)
-class HeartbeatReply:
-    holds_lease: bool
-    cancel_requested: bool
 
 
 def enqueue(
@@ -171,288 +156,6 @@ def claim_next_experiment(
         )
         session.execute(update(Worker).where(Worker.id == worker_id).values(experiment_id=row.id))
     return Claim(row.id, token, number, ExperimentSpec.model_validate(row.spec))
-
-
-def _held_by(claim: Claim):
-    """The rows this claim still holds: its experiment, with its token, while running."""
-    return (
-        Experiment.id == claim.experiment_id,
-        Experiment.claim_token == claim.token,
-        Experiment.status == ExperimentStatus.RUNNING,
-    )
-
-
-def _fenced_update(
-    session: Session, claim: Claim, *conditions: ColumnElement[bool], **values: Any
-) -> bool:
-    """Update the claimed experiment only while this claim still holds it (and `conditions`)."""
-    result = session.execute(
-        update(Experiment)
-        .where(*_held_by(claim), *conditions)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    return result.rowcount == 1
-
-
-def _finish(
-    session: Session,
-    claim: Claim,
-    status: ExperimentStatus,
-    outcome: AttemptOutcome,
-    *conditions: ColumnElement[bool],
-    error: str | None = None,
-    **values: Any,
-) -> bool:
-    """End the run in a final status and close its attempt, only while the claim holds."""
-    if not _fenced_update(
-        session,
-        claim,
-        *conditions,
-        status=status,
-        finished_at=db_now(dialect_of(session)),
-        claim_token=None,
-        **({"error": error} if error is not None else {}),
-        **values,
-    ):
-        return False
-    _end_attempt(session, claim, outcome, error)
-    return True
-
-
-def _end_attempt(session: Session, claim: Claim, outcome: AttemptOutcome, error: str | None = None):
-    session.execute(
-        update(Attempt)
-        .where(Attempt.claim_token == claim.token)
-        .values(outcome=outcome.value, finished_at=db_now(dialect_of(session)), error=error)
-    )
-
-
-def load_checkpoint(
-    session_factory: sessionmaker[Session], claim: Claim
-) -> tuple[int, bytes] | None:
-    """The last finished epoch and its saved model, when an earlier attempt left one."""
-    with transaction(session_factory) as session:
-        row = session.execute(
-            select(Checkpoint.epoch, Checkpoint.keras_file).where(
-                Checkpoint.experiment_id == claim.experiment_id
-            )
-        ).first()
-    return (row.epoch, row.keras_file) if row else None
-
-
-def start_training(
-    session_factory: sessionmaker[Session], claim: Claim, *, device: str, steps_per_epoch: int
-) -> bool:
-    """Record the device and the totals the progress is counted against."""
-    with transaction(session_factory) as session:
-        return _fenced_update(
-            session,
-            claim,
-            device=device,
-            steps_per_epoch=steps_per_epoch,
-            heartbeat_at=db_now(dialect_of(session)),
-        )
-
-
-def heartbeat(
-    session_factory: sessionmaker[Session], claim: Claim, *, epoch: int, step: int
-) -> HeartbeatReply:
-    """Renew the lease, store where training is, and learn whether a cancel was asked for."""
-    with transaction(session_factory) as session:
-        row = session.execute(
-            update(Experiment)
-            .where(
-                Experiment.id == claim.experiment_id,
-                Experiment.claim_token == claim.token,
-                Experiment.status == ExperimentStatus.RUNNING,
-            )
-            .values(
-                heartbeat_at=db_now(dialect_of(session)), progress_epoch=epoch, progress_step=step
-            )
-            .returning(Experiment.cancel_requested_at)
-            .execution_options(synchronize_session=False)
-        ).first()
-    if row is None:
-        return HeartbeatReply(holds_lease=False, cancel_requested=False)
-    return HeartbeatReply(holds_lease=True, cancel_requested=row.cancel_requested_at is not None)
-
-
-def record_epoch(
-    session_factory: sessionmaker[Session], claim: Claim, result: EpochResult, checkpoint: bytes
-) -> bool:
-    """Commit one finished epoch and its checkpoint together; False, writing nothing, once the
-    lease is lost."""
-    with transaction(session_factory) as session:
-        dialect = dialect_of(session)
-        if not _fenced_update(session, claim, heartbeat_at=db_now(dialect)):
-            return False
-        session.execute(
-            insert(EpochMetric).values(
-                experiment_id=claim.experiment_id,
-                epoch=result.epoch,
-                loss=result.loss,
-                accuracy=result.accuracy,
-                val_loss=result.val_loss,
-                val_accuracy=result.val_accuracy,
-                seconds=result.seconds,
-                ms_per_step=result.ms_per_step,
-                finished_at=db_now(dialect),
-            )
-        )
-        upsert = (postgresql_insert if dialect == "postgresql" else sqlite_insert)(Checkpoint)
-        values = {"epoch": result.epoch, "keras_file": checkpoint, "created_at": db_now(dialect)}
-        session.execute(
-            upsert.values(experiment_id=claim.experiment_id, **values).on_conflict_do_update(
-                index_elements=[Checkpoint.experiment_id], set_=values
-            )
-        )
-        return True
-
-
-def complete(
-    session_factory: sessionmaker[Session], claim: Claim, result: TrainingResult
-) -> ExperimentStatus | None:
-    """Store the test metrics and the model and mark the experiment `succeeded`, atomically.
-
-    A cancel asked for while the run was finishing (during the test evaluation, say) was
-    answered 202, so it wins: the experiment ends `cancelled` and keeps no model. None once
-    the lease is lost.
-    """
-    with transaction(session_factory) as session:
-        if not _finish(
-            session,
-            claim,
-            ExperimentStatus.SUCCEEDED,
-            AttemptOutcome.SUCCEEDED,
-            Experiment.cancel_requested_at.is_(None),
-            test_loss=result.test_loss,
-            test_accuracy=result.test_accuracy,
-            stopped_early=result.stopped_early,
-            stop_reason=result.stop_reason,
-        ):
-            if _finish(session, claim, ExperimentStatus.CANCELLED, AttemptOutcome.CANCELLED):
-                return ExperimentStatus.CANCELLED
-            return None
-        session.add(
-            TrainedModel(
-                experiment_id=claim.experiment_id,
-                keras_file=result.keras_file,
-                size_bytes=len(result.keras_file),
-                sha256=hashlib.sha256(result.keras_file).hexdigest(),
-            )
-        )
-        session.execute(delete(Checkpoint).where(Checkpoint.experiment_id == claim.experiment_id))
-        return ExperimentStatus.SUCCEEDED
-
-
-def fail(session_factory: sessionmaker[Session], claim: Claim, *, error: str) -> bool:
-    """Mark the experiment `failed` with a readable reason; no retry."""
-    with transaction(session_factory) as session:
-        return _finish(session, claim, ExperimentStatus.FAILED, AttemptOutcome.FAILED, error=error)
-
-
-def finish_cancelled(session_factory: sessionmaker[Session], claim: Claim) -> bool:
-    """A running experiment stopped on request; it keeps the epochs it finished."""
-    with transaction(session_factory) as session:
-        return _finish(session, claim, ExperimentStatus.CANCELLED, AttemptOutcome.CANCELLED)
-
-
-def _requeue_values() -> dict[str, Any]:
-    return {
-        "status": ExperimentStatus.QUEUED,
-        "claim_token": None,
-        "worker_id": None,
-        "heartbeat_at": None,
-        "progress_epoch": None,
-        "progress_step": None,
-    }
-
-
-def release(
-    session_factory: sessionmaker[Session], claim: Claim, *, error: str | None = None
-) -> bool:
-    """Put the experiment back in the queue without spending the attempt (worker shutdown)."""
-    with transaction(session_factory) as session:
-        if not _fenced_update(
-            session, claim, attempts=Experiment.attempts - 1, **_requeue_values()
-        ):
-            return False
-        _end_attempt(session, claim, AttemptOutcome.REQUEUED, error)
-        return True
-
-
-def _lost_values(session: Session, *, give_up: str, max_attempts: int) -> dict[str, Any]:
-    """Where a run whose training died goes: cancelled if that was asked for, failed when out
-    of attempts, else back to the queue."""
-    cancelled = Experiment.cancel_requested_at.is_not(None)
-    exhausted = Experiment.attempts >= max_attempts
-    return {
-        **_requeue_values(),
-        "status": case(
-            (cancelled, ExperimentStatus.CANCELLED.value),
-            (exhausted, ExperimentStatus.FAILED.value),
-            else_=ExperimentStatus.QUEUED.value,
-        ),
-        "finished_at": case((cancelled | exhausted, db_now(dialect_of(session))), else_=None),
-        "error": case((exhausted & ~cancelled, give_up), else_=None),
-    }
-
-
-def requeue_lost(
-    session_factory: sessionmaker[Session], claim: Claim, *, error: str, max_attempts: int
-) -> bool:
-    """The training process died: spend the attempt, and fail once none is left."""
-    with transaction(session_factory) as session:
-        values = _lost_values(
-            session,
-            give_up=f"{error}; gave up after {max_attempts} attempts",
-            max_attempts=max_attempts,
-        )
-        if not _fenced_update(session, claim, **values):
-            return False
-        _end_attempt(session, claim, AttemptOutcome.LOST, error)
-        return True
-
-
-def recover_expired_leases(
-    session_factory: sessionmaker[Session], *, lease_seconds: float, max_attempts: int
-) -> list[int]:
-    """Requeue running experiments whose heartbeats stopped, or fail those out of attempts.
-
-    One guarded statement that any worker may run: no leader is needed.
-    """
-    silent = (
-        f"the worker stopped sending heartbeats for {lease_seconds:g} s (killed, stalled or lost)"
-    )
-    with transaction(session_factory) as session:
-        dialect = dialect_of(session)
-        values = _lost_values(
-            session, give_up=f"{silent} {max_attempts} times", max_attempts=max_attempts
-        )
-        recovered = list(
-            session.scalars(
-                update(Experiment)
-                .where(
-                    Experiment.status == ExperimentStatus.RUNNING,
-                    Experiment.heartbeat_at < db_now(dialect, seconds=-lease_seconds),
-                )
-                .values(values)
-                .returning(Experiment.id)
-                .execution_options(synchronize_session=False)
-            )
-        )
-        if recovered:
-            # Row locks (PostgreSQL) or the write lock (SQLite) keep these unclaimed until
-            # commit, so the open attempts of these experiments are exactly the lost ones.
-            session.execute(
-                update(Attempt)
-                .where(Attempt.experiment_id.in_(recovered), Attempt.outcome.is_(None))
-                .values(
-                    outcome=AttemptOutcome.LOST.value, finished_at=db_now(dialect), error=silent
-                )
-            )
-    return recovered
 
 
 def request_cancel(session: Session, experiment_id: int) -> bool:

@@ -1,6 +1,7 @@
 """What a training run reports back: kept free of Keras, so the worker process never imports it."""
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
 @dataclass(frozen=True)
@@ -21,4 +22,11 @@ class TrainingResult:
     stop_reason: str | None
     test_loss: float
     test_accuracy: float
+    keras_file: bytes
+
+
+class ResumePoint(NamedTuple):
+    """An earlier attempt's last finished epoch and the `.keras` file saved after it."""
+
+    epoch: int
     keras_file: bytes

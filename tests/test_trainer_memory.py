@@ -4,8 +4,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from service.ml.trainer import TrainerProcess
+from service.ml.messages import Done, Failed, Interrupted, TrainerMessage
 from service.spec import ExperimentCreate
+from service.worker.trainer_process import TrainerProcess
 
 EXPERIMENTS = 30
 MIB = 1024**2
@@ -21,12 +22,12 @@ def trainer() -> Iterator[TrainerProcess]:
     process.close()
 
 
-def run_to_the_end(trainer: TrainerProcess, spec: ExperimentCreate) -> tuple:
+def run_to_the_end(trainer: TrainerProcess, spec: ExperimentCreate) -> TrainerMessage:
     """Train one experiment in the child; its last message."""
-    trainer.start(spec.to_spec().model_dump(mode="json"), "cpu", None)
+    trainer.start(spec.to_spec(), "cpu", None)
     while True:
         message = trainer.poll(1)
-        if message is not None and message[0] in ("done", "error", "interrupted"):
+        if isinstance(message, Done | Failed | Interrupted):
             return message
 
 
@@ -43,7 +44,8 @@ def test_memory_of_the_training_process_stays_flat_over_30_experiments(trainer):
             train_samples=64 + 2 * index,
             batch_size=64,
         )
-        assert run_to_the_end(trainer, spec)[0] == "done"
+        last = run_to_the_end(trainer, spec)
+        assert isinstance(last, Done), last
         resident.append(trainer.memory_bytes())
     growth = resident[-1] - resident[0]
     assert growth < ALLOWED_GROWTH_BYTES, (

@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 from service import registry
 from service.models import EpochMetric, TrainedModel
 from service.queue import Claim
-from service.worker import Worker
+from service.worker import TrainingWorker
 from tests.conftest import POSTGRESQL_ONLY, ROOT, SQLITE_ONLY, submit
 
 FAST = {"WORKER_POLL_SECONDS": "0.1", "WORKER_HEARTBEAT_SECONDS": "0.2", "LEASE_SECONDS": "2"}
@@ -231,7 +231,8 @@ def test_stalled_worker_cannot_write_after_takeover_and_stops_itself(client):
             worker.send_signal(signal.SIGTERM)
     stalled_output, _ = stalled.communicate(timeout=60)
     rescuer.communicate(timeout=60)
-    assert "lease lost, stopping" in stalled_output or "taken over" in stalled_output
+    # However it learns (a heartbeat, or a write its fence refused), it says so and stops.
+    assert f"experiment {created['id']}: lease lost, stopping" in stalled_output
     body = get(client, created)
     assert [epoch["epoch"] for epoch in body["epochs"]] == [1, 2, 3, 4, 5, 6]
     assert body["attempts"][0]["outcome"] == "lost"
@@ -359,17 +360,17 @@ def test_idle_worker_picks_up_a_new_experiment_within_a_second(client, backend):
         worker.communicate(timeout=60)
 
 
-class PidRecordingWorker(Worker):
+class PidRecordingWorker(TrainingWorker):
     """Notes which training process ran each experiment."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.trainer_pids: list[int | None] = []
 
-    def process(self, claim: Claim) -> None:
+    def train(self, claim: Claim) -> bool:
         assert self.trainer is not None
         self.trainer_pids.append(self.trainer.pid)
-        super().process(claim)
+        return super().train(claim)
 
 
 def run_quick_experiments(client, settings, session_factory, caplog, count: int, **limit):
@@ -427,14 +428,14 @@ def test_a_run_past_max_run_seconds_is_stopped_and_fails(client, drain, settings
     assert len(body["epochs"]) < 100 and body["model"] is None
 
 
-class DeafTrainerWorker(Worker):
+class DeafTrainerWorker(TrainingWorker):
     """Its training child never hears a request to stop, as if stuck inside one long batch."""
 
-    def process(self, claim: Claim) -> None:
+    def train(self, claim: Claim) -> bool:
         assert self.trainer is not None
         # The child watches the event it was started with; this one only the worker sees.
         self.trainer.stop_now = threading.Event()
-        super().process(claim)
+        return super().train(claim)
 
 
 @SQLITE_ONLY
@@ -466,7 +467,7 @@ def test_an_idle_worker_heartbeats_on_its_interval_not_on_every_poll(
 
     monkeypatch.setattr(registry, "worker_heartbeat", counted)
     idle = settings.model_copy(update={"worker_poll_seconds": 0.02, "worker_heartbeat_seconds": 1})
-    worker = Worker(idle, session_factory, device="cpu")
+    worker = TrainingWorker(idle, session_factory, device="cpu")
     thread = threading.Thread(target=worker.run)
     thread.start()
     try:

@@ -1,0 +1,116 @@
+"""The training run itself: fit from scratch or from a checkpoint, evaluate, save.
+
+Written against `keras` only, so the TensorFlow, JAX and PyTorch backends all train it.
+"""
+
+import math
+from collections.abc import Callable
+
+import keras
+import numpy as np
+
+from service.datasets import FashionMNIST, to_model_input
+from service.ml.callbacks import (
+    Checkpoint,
+    Counter,
+    Interruption,
+    NaNGuard,
+    Progress,
+    StopThreshold,
+)
+from service.ml.messages import EpochFinished
+from service.ml.model import build_model, load_model_bytes, save_model_bytes
+from service.results import ResumePoint, TrainingResult
+from service.spec import ExperimentSpec
+
+EVALUATE_BATCH_SIZE = 512
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped early because `stop_now` or `stop_after_epoch` said so."""
+
+
+def training_count(spec: ExperimentSpec, dataset: FashionMNIST) -> int:
+    """How many training images the spec uses: its `train_samples`, or all of them."""
+    return min(spec.train_samples or len(dataset.train_images), len(dataset.train_images))
+
+
+def training_arrays(spec: ExperimentSpec, dataset: FashionMNIST) -> tuple[np.ndarray, np.ndarray]:
+    """The (first `train_samples`) training images scaled to [0, 1], and their labels.
+
+    A float32 copy (188 MB for all 60,000 images): make it once per run.
+    """
+    count = training_count(spec, dataset)
+    return to_model_input(dataset.train_images[:count]), dataset.train_labels[:count]
+
+
+def steps_per_epoch(spec: ExperimentSpec, train_count: int) -> int:
+    fitted = int(train_count * (1 - spec.validation_split))
+    return math.ceil(fitted / spec.batch_size)
+
+
+def train(
+    spec: ExperimentSpec,
+    dataset: FashionMNIST,
+    *,
+    device: str,
+    send_epoch: Callable[[EpochFinished], None],
+    progress: tuple[Counter, Counter],
+    stop_now: Callable[[], bool] = lambda: False,
+    stop_after_epoch: Callable[[], bool] = lambda: False,
+    resume: ResumePoint | None = None,
+) -> TrainingResult:
+    """Train, evaluate on the test set and return the saved `.keras` file.
+
+    `send_epoch` gets every whole epoch with its checkpoint; `progress` is the (epoch, step)
+    pair to publish where training is. `resume` is an earlier attempt's last finished epoch
+    and checkpoint: training continues from there, with the optimizer state it had. Raises
+    TrainingInterrupted when `stop_now` turns true (checked between batches) or
+    `stop_after_epoch` does (checked at each epoch's end).
+    """
+    initial_epoch = resume.epoch if resume else 0
+    if spec.seed is not None:
+        keras.utils.set_random_seed(spec.seed + initial_epoch)
+    images, labels = training_arrays(spec, dataset)
+    steps = steps_per_epoch(spec, len(images))
+    interruption = Interruption(stop_now, stop_after_epoch, spec.epochs)
+    checkpoint = Checkpoint(send_epoch, steps, interruption, initial_epoch=initial_epoch)
+    stop_threshold = StopThreshold(spec.stop, spec.epochs)
+    callbacks = [
+        Progress(*progress, steps, interruption),
+        NaNGuard(interruption),
+        checkpoint,
+        stop_threshold,
+        interruption,
+    ]
+
+    with keras.device(f"{device}:0"):
+        model = load_model_bytes(resume.keras_file) if resume else build_model(spec)
+        if initial_epoch < spec.epochs:
+            model.fit(
+                images,
+                labels,
+                epochs=spec.epochs,
+                initial_epoch=initial_epoch,
+                batch_size=spec.batch_size,
+                validation_split=spec.validation_split,
+                callbacks=callbacks,
+                verbose=0,
+            )
+        if interruption.interrupted:
+            raise TrainingInterrupted
+        test_loss, test_accuracy = model.evaluate(
+            to_model_input(dataset.test_images),
+            dataset.test_labels,
+            batch_size=EVALUATE_BATCH_SIZE,
+            verbose=0,
+        )
+
+    return TrainingResult(
+        epochs_run=checkpoint.last_epoch,
+        stopped_early=stop_threshold.reason is not None,
+        stop_reason=stop_threshold.reason,
+        test_loss=float(test_loss),
+        test_accuracy=float(test_accuracy),
+        keras_file=save_model_bytes(model),
+    )

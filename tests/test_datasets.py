@@ -1,14 +1,13 @@
 """The Fashion-MNIST loader: the IDX format and the order of places it looks."""
 
 import gzip
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from service import datasets
-from service.datasets import DEBIAN_DIR, FILES, load_from_directory, read_idx
+from service.datasets import FILES, load_from_directory, read_idx
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -18,11 +17,21 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     path.write_bytes(header + array.astype(np.uint8).tobytes())
 
 
-def test_debian_package_holds_the_full_data_set(dataset):
+def test_the_loaded_data_set_is_the_full_fashion_mnist(dataset):
     assert dataset.train_images.shape == (60_000, 28, 28)
     assert dataset.test_images.shape == (10_000, 28, 28)
     assert sorted(np.unique(dataset.train_labels)) == list(range(10))
-    assert (DEBIAN_DIR / "train-images-idx3-ubyte.gz").is_file()
+
+
+def write_data_set(directory: Path, count: int, *, value: int = 0, gzipped: bool = False) -> None:
+    """The four files of a data set of `count` images, each pixel and label `value`."""
+    for key, stem in FILES.items():
+        shape = (count, 28, 28) if key.endswith("images") else (count,)
+        path = directory / stem
+        write_idx(path, np.full(shape, value, np.uint8))
+        if gzipped:
+            path.with_name(f"{stem}.gz").write_bytes(gzip.compress(path.read_bytes()))
+            path.unlink()
 
 
 def test_read_idx_reads_plain_and_gzipped_files(tmp_path):
@@ -40,10 +49,8 @@ def test_read_idx_refuses_a_truncated_file(tmp_path):
         read_idx(tmp_path / "short")
 
 
-def test_explicit_directory_comes_before_the_debian_package(tmp_path, monkeypatch):
-    for key, stem in FILES.items():
-        shape = (3, 28, 28) if key.endswith("images") else (3,)
-        write_idx(tmp_path / stem, np.full(shape, 7, np.uint8))
+def test_explicit_directory_comes_before_the_debian_package(tmp_path):
+    write_data_set(tmp_path, 3, value=7)
     datasets.load_fashion_mnist.cache_clear()
     loaded = datasets.load_fashion_mnist(tmp_path)
     assert loaded.train_images.shape == (3, 28, 28) and loaded.test_labels.tolist() == [7, 7, 7]
@@ -53,14 +60,13 @@ def test_explicit_directory_comes_before_the_debian_package(tmp_path, monkeypatc
 def test_keras_cache_is_used_when_no_other_copy_exists(tmp_path, monkeypatch):
     cache = tmp_path / "keras-cache"
     cache.mkdir()
-    for stem in FILES.values():
-        shutil.copy(DEBIAN_DIR / f"{stem}.gz", cache / f"{stem}.gz")
+    write_data_set(cache, 5, gzipped=True)
     monkeypatch.setattr(datasets, "DEBIAN_DIR", tmp_path / "absent")
     monkeypatch.setattr(datasets, "KERAS_CACHE_DIR", cache)
     datasets.load_fashion_mnist.cache_clear()
     try:
         assert datasets.candidate_directories(None) == [tmp_path / "absent", cache]
-        assert datasets.load_fashion_mnist().train_images.shape == (60_000, 28, 28)
+        assert datasets.load_fashion_mnist().train_images.shape == (5, 28, 28)
     finally:
         datasets.load_fashion_mnist.cache_clear()
 

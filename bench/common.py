@@ -45,7 +45,9 @@ def train_through_service(spec: dict, directory: Path) -> tuple[dict, bytes, dic
     url = f"sqlite:///{directory / 'bench.db'}"
     env = {**os.environ, "DATABASE_URL": url}
     subprocess.run([sys.executable, "-m", "service", "migrate"], cwd=ROOT, env=env, check=True)
-    with TestClient(create_app(Settings(database_url=url, _env_file=None))) as client:
+    with TestClient(
+        create_app(Settings(database_url=url, allowed_hosts=["testserver"], _env_file=None))
+    ) as client:
         created = client.post("/experiments", json=spec).json()
         subprocess.run(
             [sys.executable, "-m", "service", "worker", "--device", "cpu", "--drain"],

@@ -92,6 +92,10 @@ class ExperimentRead(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     device: str | None
+    backend: str | None = Field(
+        description="the Keras backend that trained it (tensorflow, jax, torch); null until "
+        "training starts"
+    )
     attempts: list[AttemptRead]
     queue_position: int | None = Field(description="1 = next to be claimed; null unless queued")
     waiting_reason: str | None
@@ -116,6 +120,7 @@ class ExperimentListItem(BaseModel):
     total_params: int
     flatten_size: int
     device: str | None
+    backend: str | None
     epochs_run: int
     seconds_per_epoch: float | None
     final_accuracy: float | None

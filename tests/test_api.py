@@ -10,6 +10,8 @@ from sqlalchemy.engine import make_url
 
 from service import queue, registry
 from service.api import create_app
+from service.models import Experiment, ExperimentStatus
+from service.spec import ExperimentCreate
 from tests.conftest import SQLITE_ONLY, submit
 
 
@@ -74,6 +76,45 @@ def test_queued_experiment_says_where_it_stands_and_why_it_waits(client, session
         "1 queued experiment(s) ahead of it",
         "no worker with a GPU is alive: start one with `python -m service worker --device gpu`",
     ]
+
+
+def test_the_202_body_is_the_view_a_get_returns(client):
+    first = submit(client)
+    second = submit(client, conv_layers=1, filters=4, device="gpu")
+    for created in (first, second):
+        assert created == client.get(f"/experiments/{created['id']}").json()
+    assert (first["queue_position"], second["queue_position"]) == (1, 2)
+
+
+def test_a_row_stored_before_newer_spec_fields_still_reads(client, session_factory):
+    """An older version stored the spec with the fields it knew; the rest take their defaults."""
+    with session_factory.begin() as session:
+        old = Experiment(
+            name="old",
+            status=ExperimentStatus.QUEUED,
+            spec={
+                "conv_layers": [{"filters": 8, "kernel_size": 3, "pool_size": 2}],
+                "dense_units": [16],
+                "epochs": 2,
+                "batch_size": 64,
+                "learning_rate": 0.01,
+            },
+            summary=ExperimentCreate(conv_layers=1, filters=8, dense_units=[16], batch_size=64)
+            .to_spec()
+            .summary()
+            .as_dict(),
+            requested_device="auto",
+        )
+        session.add(old)
+        session.flush()
+        old_id = old.id
+
+    body = client.get(f"/experiments/{old_id}").json()
+    assert body["spec"]["epochs"] == 2 and body["spec"]["learning_rate"] == 0.01
+    assert body["spec"]["validation_split"] == 0.0 and body["spec"]["stop"] is None
+    assert body["spec"]["device"] == "auto" and body["spec"]["train_samples"] is None
+    [row] = client.get("/experiments").json()["items"]
+    assert (row["filters"], row["dense_units"]) == ([8], [16])
 
 
 def test_workers_are_listed_with_their_experiment_and_liveness(client, session_factory):

@@ -1,21 +1,34 @@
 """Routes for submitting, listing and inspecting experiments."""
 
+import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response, status
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload
 
 from service import queue
+from service.api.database import Database, DatabaseBusyError
 from service.api.deps import DatabaseDep, SettingsDep
 from service.api.errors import error_responses
-from service.api.presenters import experiment_list_item, experiment_read
+from service.api.presenters import (
+    QueueState,
+    experiment_list_item,
+    experiment_read,
+    new_experiment_read,
+    queue_state,
+)
 from service.api.security import CallerDep, authenticate
 from service.models import Experiment, ExperimentStatus, TrainedModel
 from service.plots import learning_curve_png
 from service.schemas import MAX_DATABASE_ID, ExperimentPage, ExperimentRead
+from service.serving.resolver import ExperimentNotFoundError
+from service.settings import Settings
 from service.spec import ExperimentCreate
+
+logger = logging.getLogger(__name__)
 
 router = APIRouter(
     prefix="/experiments",
@@ -40,10 +53,7 @@ def get_experiment_or_404(session: Session, experiment_id: int) -> Experiment:
         populate_existing=True,
     )
     if experiment is None:
-        raise HTTPException(
-            status.HTTP_404_NOT_FOUND,
-            f"experiment {experiment_id} does not exist: GET /experiments lists them",
-        )
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(ExperimentNotFoundError(experiment_id)))
     return experiment
 
 
@@ -72,20 +82,13 @@ async def create_experiment(
             "train_samples, or raise batch_size",
         )
 
-    def enqueue(session: Session) -> ExperimentRead:
-        # The view is built in the same transaction, so once it commits nothing can fail
-        # between the row and its 202.
-        experiment = queue.enqueue(
+    def enqueue(session: Session) -> Experiment:
+        return queue.enqueue(
             session,
             name=payload.name,
             spec=spec,
             owner=caller.owner,
             max_queued=settings.max_queued,
-        )
-        return experiment_read(
-            session,
-            get_experiment_or_404(session, experiment.id),
-            lease_seconds=settings.lease_seconds,
         )
 
     try:
@@ -97,7 +100,27 @@ async def create_experiment(
             headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_SECONDS)},
         ) from None
     response.headers["Location"] = f"/experiments/{created.id}"
-    return created
+    state = await _queue_state_if_free(database, created, settings)
+    return new_experiment_read(created, spec, state)
+
+
+async def _queue_state_if_free(
+    database: Database, experiment: Experiment, settings: Settings
+) -> QueueState:
+    """Its place in line, read after the commit; an experiment that is stored gets its 202
+    even when that read cannot run: a 503 would make the client send it twice."""
+    try:
+        return await database.read(
+            lambda session: queue_state(
+                session,
+                experiment.id,
+                experiment.requested_device,
+                lease_seconds=settings.lease_seconds,
+            )
+        )
+    except (DatabaseBusyError, SQLAlchemyError) as error:
+        logger.warning("experiment %d queued; its place in line unknown: %s", experiment.id, error)
+        return QueueState()
 
 
 @router.get("", response_model=ExperimentPage, responses=error_responses(422))

@@ -1,5 +1,7 @@
 """The one conversion from ORM rows to the API's response models."""
 
+from dataclasses import dataclass
+
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -15,36 +17,44 @@ from service.schemas import (
     ProgressRead,
     TestResultRead,
 )
+from service.spec import ExperimentSpec
 
 START_WORKER = "python -m service worker"
 
 
-def _queue_position(session: Session, experiment: Experiment) -> int | None:
-    if experiment.status != ExperimentStatus.QUEUED:
-        return None
-    ahead = session.scalar(
+@dataclass(frozen=True)
+class QueueState:
+    """Where a queued experiment stands: its place in line, and why it waits."""
+
+    position: int | None = None
+    waiting_reason: str | None = None
+
+
+def queue_state(
+    session: Session, experiment_id: int, requested_device: str, *, lease_seconds: float
+) -> QueueState:
+    """The place in line and the workers able to take it, in one query."""
+    able = [
+        device for device, claimable in CLAIMABLE_DEVICES.items() if requested_device in claimable
+    ]
+    ahead = (
         select(func.count())
         .select_from(Experiment)
-        .where(Experiment.status == ExperimentStatus.QUEUED, Experiment.id < experiment.id)
+        .where(Experiment.status == ExperimentStatus.QUEUED, Experiment.id < experiment_id)
+        .scalar_subquery()
     )
-    return (ahead or 0) + 1
-
-
-def _waiting_reason(
-    session: Session, experiment: Experiment, position: int | None, lease_seconds: float
-) -> str | None:
-    if position is None:
-        return None
-    able = [
-        device
-        for device, claimable in CLAIMABLE_DEVICES.items()
-        if experiment.requested_device in claimable
-    ]
-    workers = session.scalar(
+    workers = (
         select(func.count())
         .select_from(Worker)
         .where(alive_condition(session, lease_seconds=lease_seconds), Worker.device.in_(able))
+        .scalar_subquery()
     )
+    row = session.execute(select(ahead, workers)).one()
+    position = row[0] + 1
+    return QueueState(position, _waiting_reason(position, row[1], able))
+
+
+def _waiting_reason(position: int, workers: int, able: list[str]) -> str:
     if not workers:
         if able == ["gpu"]:
             return f"no worker with a GPU is alive: start one with `{START_WORKER} --device gpu`"
@@ -54,12 +64,12 @@ def _waiting_reason(
     return f"{position - 1} queued experiment(s) ahead of it"
 
 
-def _progress(experiment: Experiment) -> ProgressRead | None:
+def _progress(experiment: Experiment, spec: ExperimentSpec) -> ProgressRead | None:
     if experiment.status != ExperimentStatus.RUNNING or experiment.steps_per_epoch is None:
         return None
     return ProgressRead(
         epoch=experiment.progress_epoch or 0,
-        epochs=experiment.spec["epochs"],
+        epochs=spec.epochs,
         step=experiment.progress_step or 0,
         steps=experiment.steps_per_epoch,
     )
@@ -74,50 +84,82 @@ def experiment_read(
             TrainedModel.experiment_id == experiment.id
         )
     ).first()
-    test = None
-    if experiment.test_loss is not None and experiment.test_accuracy is not None:
-        test = TestResultRead(loss=experiment.test_loss, accuracy=experiment.test_accuracy)
-    position = _queue_position(session, experiment)
-    return ExperimentRead(
-        id=experiment.id,
-        name=experiment.name,
-        status=experiment.status.value,
-        spec=experiment.spec,
-        created_at=experiment.created_at,
-        started_at=experiment.started_at,
-        finished_at=experiment.finished_at,
-        device=experiment.device,
+    state = QueueState()
+    if experiment.status == ExperimentStatus.QUEUED:
+        state = queue_state(
+            session, experiment.id, experiment.requested_device, lease_seconds=lease_seconds
+        )
+    return _read(
+        experiment,
+        ExperimentSpec.model_validate(experiment.spec),
+        state,
         attempts=[AttemptRead.model_validate(a) for a in experiment.attempt_history],
-        queue_position=position,
-        waiting_reason=_waiting_reason(session, experiment, position, lease_seconds),
-        cancel_requested=experiment.cancel_requested_at is not None,
-        summary=experiment.summary,
-        progress=_progress(experiment),
         epochs=[EpochRead.model_validate(epoch) for epoch in experiment.epochs],
-        test=test,
-        stopped_early=experiment.stopped_early,
-        stop_reason=experiment.stop_reason,
-        error=experiment.error,
         model=ModelFileRead(size_bytes=model_row.size_bytes, sha256=model_row.sha256)
         if model_row
         else None,
     )
 
 
+def new_experiment_read(
+    experiment: Experiment, spec: ExperimentSpec, state: QueueState
+) -> ExperimentRead:
+    """The view of an experiment just queued: nothing has run, so nothing more to read."""
+    return _read(experiment, spec, state, attempts=[], epochs=[], model=None)
+
+
+def _read(
+    experiment: Experiment,
+    spec: ExperimentSpec,
+    state: QueueState,
+    *,
+    attempts: list[AttemptRead],
+    epochs: list[EpochRead],
+    model: ModelFileRead | None,
+) -> ExperimentRead:
+    test = None
+    if experiment.test_loss is not None and experiment.test_accuracy is not None:
+        test = TestResultRead(loss=experiment.test_loss, accuracy=experiment.test_accuracy)
+    return ExperimentRead(
+        id=experiment.id,
+        name=experiment.name,
+        status=experiment.status.value,
+        spec=spec,
+        created_at=experiment.created_at,
+        started_at=experiment.started_at,
+        finished_at=experiment.finished_at,
+        device=experiment.device,
+        backend=experiment.backend,
+        attempts=attempts,
+        queue_position=state.position,
+        waiting_reason=state.waiting_reason,
+        cancel_requested=experiment.cancel_requested_at is not None,
+        summary=experiment.summary,
+        progress=_progress(experiment, spec),
+        epochs=epochs,
+        test=test,
+        stopped_early=experiment.stopped_early,
+        stop_reason=experiment.stop_reason,
+        error=experiment.error,
+        model=model,
+    )
+
+
 def experiment_list_item(experiment: Experiment) -> ExperimentListItem:
     """The comparison columns of one experiment, as GET /experiments lists them."""
     epochs = experiment.epochs
-    conv_layers = experiment.spec["conv_layers"]
+    spec = ExperimentSpec.model_validate(experiment.spec)
     return ExperimentListItem(
         id=experiment.id,
         name=experiment.name,
         status=experiment.status.value,
-        conv_layers=len(conv_layers),
-        filters=[layer["filters"] for layer in conv_layers],
-        dense_units=experiment.spec["dense_units"],
+        conv_layers=len(spec.conv_layers),
+        filters=[layer.filters for layer in spec.conv_layers],
+        dense_units=spec.dense_units,
         total_params=experiment.summary["total_params"],
         flatten_size=experiment.summary["flatten_size"],
         device=experiment.device,
+        backend=experiment.backend,
         epochs_run=len(epochs),
         seconds_per_epoch=sum(e.seconds for e in epochs) / len(epochs) if epochs else None,
         final_accuracy=epochs[-1].accuracy if epochs else None,

@@ -23,7 +23,10 @@ class ReadOnlyDatabase(Protocol):
 
 
 class ExperimentNotFoundError(LookupError):
-    """The requested experiment does not exist."""
+    """The requested experiment does not exist; the message says where to find those that do."""
+
+    def __init__(self, experiment_id: int) -> None:
+        super().__init__(f"experiment {experiment_id} does not exist: GET /experiments lists them")
 
 
 class ModelNotReadyError(RuntimeError):
@@ -79,9 +82,7 @@ def choose_experiment(session: Session, experiment_id: int | None) -> tuple[int,
         .where(Experiment.id == experiment_id)
     ).first()
     if requested is None:
-        raise ExperimentNotFoundError(
-            f"experiment {experiment_id} does not exist: GET /experiments lists them"
-        )
+        raise ExperimentNotFoundError(experiment_id)
     if requested.status != ExperimentStatus.SUCCEEDED or requested.sha256 is None:
         raise ModelNotReadyError(
             f"experiment {experiment_id} is {requested.status}, not succeeded: "

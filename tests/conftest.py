@@ -25,7 +25,7 @@ from service.api import create_app
 from service.datasets import FashionMNIST, load_fashion_mnist
 from service.db import create_db_engine, create_session_factory
 from service.settings import Settings
-from service.worker import Worker
+from service.worker import TrainingWorker
 
 ROOT = Path(__file__).resolve().parent.parent
 # The server .ci/run starts; each test that uses it gets a database of its own.
@@ -184,7 +184,7 @@ def drain(settings: Settings, session_factory: sessionmaker[Session]):
     """Run an in-process CPU worker until the queue is empty."""
 
     def _drain(worker_settings: Settings | None = None) -> None:
-        Worker(worker_settings or settings, session_factory, device="cpu").run(drain=True)
+        TrainingWorker(worker_settings or settings, session_factory, device="cpu").run(drain=True)
 
     return _drain
 

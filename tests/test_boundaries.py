@@ -1,7 +1,11 @@
-"""Which side imports Keras: the training child does, the worker process never."""
+"""Module boundaries: which side imports Keras (the training child does, the worker process
+never), no import cycle, no module too long to read."""
 
+import ast
+import graphlib
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.conftest import ROOT
 
@@ -29,3 +33,38 @@ def test_the_worker_never_imports_keras():
 def test_the_messages_and_the_child_entry_point_import_no_keras():
     result = imports_no_backend("service.ml.messages, service.ml.child")
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def module_imports(path: Path) -> set[str]:
+    """The `service` modules a file imports anywhere in it, TYPE_CHECKING blocks and
+    function bodies included: a cycle hidden in either is still a cycle."""
+    imported = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("service"):
+            imported.add(node.module)
+            imported.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            imported.update(a.name for a in node.names if a.name.startswith("service"))
+    return imported
+
+
+def test_service_has_no_import_cycle():
+    files = {
+        ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): path
+        for path in (ROOT / "service").rglob("*.py")
+    }
+    graph = {name: module_imports(path) & files.keys() - {name} for name, path in files.items()}
+    # A package's __init__ naming its own modules is not a cycle through them.
+    for name in graph:
+        graph[name] = {other for other in graph[name] if not name.startswith(f"{other}.")}
+    sorter = graphlib.TopologicalSorter(graph)
+    sorter.prepare()  # Raises CycleError, naming the modules, on a cycle.
+
+
+def test_no_module_in_service_is_over_350_lines():
+    long = {
+        str(path.relative_to(ROOT)): lines
+        for path in (ROOT / "service").rglob("*.py")
+        if (lines := len(path.read_text().splitlines())) > 350
+    }
+    assert not long

@@ -19,7 +19,7 @@ from service.api import create_app
 from service.api import predict as predict_route
 from service.db import create_db_engine, create_session_factory
 from service.settings import Settings
-from service.worker import Worker
+from service.worker import TrainingWorker
 from tests.conftest import ROOT, free_port, upgrade, wait_for_api
 
 SAMPLE = 200
@@ -47,7 +47,7 @@ def trained(predict_database):
         spec = {"conv_layers": 1, "filters": 16, "epochs": 2, "train_samples": 3000, "seed": 3}
         experiment = client.post("/experiments", json=spec).json()
         engine = create_db_engine(url)
-        Worker(settings, create_session_factory(engine), device="cpu").run(drain=True)
+        TrainingWorker(settings, create_session_factory(engine), device="cpu").run(drain=True)
         engine.dispose()
         yield client, client.get(f"/experiments/{experiment['id']}").json()
 

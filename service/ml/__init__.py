@@ -1,2 +1,4 @@
-"""The Keras side: building, training and loading models. Only the training process and the
-model server import it; the worker and the API routes never do."""
+"""The Keras side: building, training and loading models. Keras is imported by the training
+child (`child.py`, inside its main function) and by the model server, never by the worker or
+the API routes; `messages.py` and `child.py` import none at module level, so the worker can.
+"""

@@ -7,15 +7,11 @@ from service.worker.claimed_run import ClaimedRun, DatabaseLostError
 from service.worker.loop import TrainingWorker, resolve_device
 from service.worker.trainer_process import TrainerCrashedError, TrainerProcess
 
-# The old name, while tests/test_predict.py (owned elsewhere) still imports it.
-Worker = TrainingWorker
-
 __all__ = [
     "ClaimedRun",
     "DatabaseLostError",
     "TrainerCrashedError",
     "TrainerProcess",
     "TrainingWorker",
-    "Worker",
     "resolve_device",
 ]

@@ -13,7 +13,7 @@ setup: $(STAMP) dataset
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[tensorflow,dev]'
+	$(BIN)/pip install --quiet -e '.[tensorflow,jax,dev]'
 	touch $(STAMP)
 
 # Debian's dataset-fashion-mnist; elsewhere the loader falls back to FASHION_MNIST_DIR or Keras's cache.

@@ -3,6 +3,8 @@
 # restart, find everything still there, shut it down. Fails loudly on any step.
 # Exit 0 with "SKIPPED" where no Docker engine can run (CI then runs the rest).
 set -euo pipefail
+# vfs copies each image per container: on a busy 2-core machine that outlasts compose's 60 s.
+export COMPOSE_HTTP_TIMEOUT=${COMPOSE_HTTP_TIMEOUT:-600}
 cd "$(dirname "$0")/../.."
 
 PROJECT=convlabtest

@@ -1,5 +1,6 @@
 """The training process lives across experiments: its memory must not grow with each one."""
 
+import statistics
 from collections.abc import Iterator
 
 import pytest
@@ -10,9 +11,13 @@ from service.worker.trainer_process import TrainerProcess
 
 EXPERIMENTS = 30
 MIB = 1024**2
-# What one experiment left behind before the backend state was cleared: about 8 MB, so 30
-# of them came to about 250 MB.
-ALLOWED_GROWTH_BYTES = 150 * MIB
+# What one experiment left behind before the backend state was cleared: about 8 MB, so the
+# 20 experiments between the two windows below came to about 160 MB.
+ALLOWED_GROWTH_BYTES = 100 * MIB
+# The first experiments fill the allocator's arenas and the backend's caches (the process
+# climbs by 100-160 MB, then stays level, with or without a leak); a leak keeps climbing.
+WARM_UP = 5
+WINDOW = 5
 
 
 @pytest.fixture
@@ -47,8 +52,10 @@ def test_memory_of_the_training_process_stays_flat_over_30_experiments(trainer):
         last = run_to_the_end(trainer, spec)
         assert isinstance(last, Done), last
         resident.append(trainer.memory_bytes())
-    growth = resident[-1] - resident[0]
+    # Medians of five: one reading swings by tens of MB as arenas are trimmed and refilled.
+    settled = statistics.median(resident[WARM_UP : WARM_UP + WINDOW])
+    growth = statistics.median(resident[-WINDOW:]) - settled
     assert growth < ALLOWED_GROWTH_BYTES, (
-        f"the training process grew by {growth / MIB:.0f} MiB over {EXPERIMENTS} experiments: "
+        f"the training process grew by {growth / MIB:.0f} MiB after warming up: "
         f"{[round(value / MIB) for value in resident]}"
     )

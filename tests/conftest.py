@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from service.api import create_app
 from service.datasets import FashionMNIST, load_fashion_mnist
 from service.db import create_db_engine, create_session_factory
 from service.settings import Settings
-from service.worker import TrainingWorker
+from service.worker import TrainerProcess, TrainingWorker
 
 ROOT = Path(__file__).resolve().parent.parent
 # The server .ci/run starts; each test that uses it gets a database of its own.
@@ -179,12 +179,50 @@ def dataset() -> FashionMNIST:
     return load_fashion_mnist()
 
 
+class _KeptTrainer:
+    """A training child that outlives the worker that used it, as a production child outlives
+    its experiments: starting one (importing the backend, loading the data set) costs seconds,
+    and the in-process tests would pay it at every drain. Killing it is real."""
+
+    def __init__(self, trainer: TrainerProcess) -> None:
+        self._trainer = trainer
+
+    def __getattr__(self, name: str):
+        return getattr(self._trainer, name)
+
+    def close(self) -> None:
+        """Kept for the next worker; the session closes it."""
+
+
+@pytest.fixture(scope="session")
+def kept_trainers() -> Iterator[Callable[[Settings], _KeptTrainer]]:
+    """A training child per set of settings it starts with, alive across tests."""
+    trainers: dict[tuple, TrainerProcess] = {}
+
+    def trainer_for(settings: Settings) -> _KeptTrainer:
+        key = (settings.fashion_mnist_dir, settings.worker_nice, settings.worker_threads)
+        if key not in trainers or not trainers[key].alive():
+            trainers[key] = TrainerProcess(
+                settings.fashion_mnist_dir,
+                nice=settings.worker_nice,
+                threads=settings.worker_threads,
+            )
+        return _KeptTrainer(trainers[key])
+
+    yield trainer_for
+    for trainer in trainers.values():
+        trainer.close()
+
+
 @pytest.fixture
-def drain(settings: Settings, session_factory: sessionmaker[Session]):
+def drain(settings: Settings, session_factory: sessionmaker[Session], kept_trainers):
     """Run an in-process CPU worker until the queue is empty."""
 
     def _drain(worker_settings: Settings | None = None) -> None:
-        TrainingWorker(worker_settings or settings, session_factory, device="cpu").run(drain=True)
+        chosen = worker_settings or settings
+        TrainingWorker(
+            chosen, session_factory, device="cpu", trainer_factory=lambda: kept_trainers(chosen)
+        ).run(drain=True)
 
     return _drain
 

@@ -33,7 +33,7 @@ def predict_database(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def trained(predict_database):
+def trained(predict_database, kept_trainers):
     """One experiment trained on 3,000 images, served by a client with a small upload limit."""
     url = predict_database
     settings = Settings(
@@ -47,7 +47,12 @@ def trained(predict_database):
         spec = {"conv_layers": 1, "filters": 16, "epochs": 2, "train_samples": 3000, "seed": 3}
         experiment = client.post("/experiments", json=spec).json()
         engine = create_db_engine(url)
-        TrainingWorker(settings, create_session_factory(engine), device="cpu").run(drain=True)
+        TrainingWorker(
+            settings,
+            create_session_factory(engine),
+            device="cpu",
+            trainer_factory=lambda: kept_trainers(settings),
+        ).run(drain=True)
         engine.dispose()
         yield client, client.get(f"/experiments/{experiment['id']}").json()
 

@@ -456,7 +456,7 @@ def test_a_run_past_max_run_seconds_that_will_not_stop_is_killed(
 
 @SQLITE_ONLY
 def test_an_idle_worker_heartbeats_on_its_interval_not_on_every_poll(
-    settings, session_factory, monkeypatch
+    settings, session_factory, monkeypatch, kept_trainers
 ):
     beats: list[float] = []
     heartbeat = registry.worker_heartbeat
@@ -467,7 +467,9 @@ def test_an_idle_worker_heartbeats_on_its_interval_not_on_every_poll(
 
     monkeypatch.setattr(registry, "worker_heartbeat", counted)
     idle = settings.model_copy(update={"worker_poll_seconds": 0.02, "worker_heartbeat_seconds": 1})
-    worker = TrainingWorker(idle, session_factory, device="cpu")
+    worker = TrainingWorker(
+        idle, session_factory, device="cpu", trainer_factory=lambda: kept_trainers(idle)
+    )
     thread = threading.Thread(target=worker.run)
     thread.start()
     try:

@@ -5,7 +5,6 @@ worker whose lease was taken away cannot change the experiment any more. Leases 
 by the database's clock only.
 """
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -196,14 +195,7 @@ def complete(
             if _finish(session, claim, ExperimentStatus.CANCELLED, AttemptOutcome.CANCELLED):
                 return ExperimentStatus.CANCELLED
             return None
-        session.add(
-            TrainedModel(
-                experiment_id=claim.experiment_id,
-                keras_file=result.keras_file,
-                size_bytes=len(result.keras_file),
-                sha256=hashlib.sha256(result.keras_file).hexdigest(),
-            )
-        )
+        session.add(TrainedModel.of(claim.experiment_id, result.keras_file))
         session.execute(delete(Checkpoint).where(Checkpoint.experiment_id == claim.experiment_id))
         return ExperimentStatus.SUCCEEDED
 

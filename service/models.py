@@ -1,6 +1,7 @@
 """ORM models: the experiment row is the job, its epochs and its trained model hang off it."""
 
 import enum
+import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -210,3 +211,13 @@ class TrainedModel(Base):
     size_bytes: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    @classmethod
+    def of(cls, experiment_id: int, keras_file: bytes) -> "TrainedModel":
+        """The row for a saved model, with the size and hash the API reports and caches by."""
+        return cls(
+            experiment_id=experiment_id,
+            keras_file=keras_file,
+            size_bytes=len(keras_file),
+            sha256=hashlib.sha256(keras_file).hexdigest(),
+        )

@@ -6,7 +6,6 @@ parsers raise unusual exceptions.
 """
 
 import base64
-import hashlib
 import io
 import json
 import os
@@ -342,14 +341,7 @@ def served_database(tmp_path_factory) -> str:
         )
         session.add(experiment)
         session.flush()
-        session.add(
-            TrainedModel(
-                experiment_id=experiment.id,
-                keras_file=keras_file,
-                size_bytes=len(keras_file),
-                sha256=hashlib.sha256(keras_file).hexdigest(),
-            )
-        )
+        session.add(TrainedModel.of(experiment.id, keras_file))
         session.commit()
     engine.dispose()
     return url

@@ -53,14 +53,7 @@ def database_url(tmp_path) -> str:
             session.add(experiment)
             session.flush()
             if status == succeeded:
-                session.add(
-                    TrainedModel(
-                        experiment_id=experiment.id,
-                        keras_file=data,
-                        size_bytes=len(data),
-                        sha256=hashlib.sha256(data).hexdigest(),
-                    )
-                )
+                session.add(TrainedModel.of(experiment.id, data))
         session.commit()
     engine.dispose()
     return url

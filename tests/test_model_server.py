@@ -131,6 +131,23 @@ def test_an_evicted_model_is_freed_with_its_batcher(database_url):
     assert freed
 
 
+def test_a_model_evicted_before_its_request_resumes_is_not_kept_by_a_batcher(database_url):
+    """Two loads race with room for one: the request whose model the other load evicted is
+    still answered, but nothing keeps its model resident beyond the cache's bound."""
+
+    data = keras_file(1)
+
+    async def scenario(server: ModelServer):
+        loaded = server.cache.get(1, "first", lambda: data)
+        server.cache.get(2, "second", lambda: data)  # Evicts the first.
+        batcher = server._batcher(loaded)
+        return batcher, loaded, dict(server._batchers)
+
+    batcher, loaded, batchers = serve(database_url, scenario, model_cache_size=1)
+    assert batcher.model is loaded
+    assert 1 not in batchers
+
+
 @pytest.mark.parametrize(
     ("experiment_id", "error", "message"),
     [

@@ -81,6 +81,10 @@ class ModelCache:
         cached = self._models.get(experiment_id)
         return cached is not None and cached.sha256 == sha256
 
+    def holds_loaded(self, loaded: LoadedModel) -> bool:
+        """Whether this very load is still the cached one (not evicted, not replaced)."""
+        return self._models.get(loaded.experiment_id) is loaded
+
     def cached_bytes(self) -> int:
         return sum(model.size_bytes for model in self._models.values())
 

@@ -73,6 +73,7 @@ class ModelServer:
 
     def _batcher(self, loaded: LoadedModel) -> MicroBatcher:
         """The loaded model's batcher, made on the first request it serves."""
+        # `_loaded` swaps in a whole new dict, so this read needs no lock.
         served = self._batchers.get(loaded.experiment_id)
         if served is not None and served[0] is loaded:
             return served[1]
@@ -83,7 +84,11 @@ class ModelServer:
                 max_batch=self.batch_max_images,
                 executor=self.executor,
             )
-            self._batchers[loaded.experiment_id] = (loaded, batcher)
+            # A load for another request may have evicted this model while this one waited
+            # for it: its batcher serves this request alone, so the model goes with both
+            # instead of staying resident beyond the cache's bounds.
+            if self.cache.holds_loaded(loaded):
+                self._batchers[loaded.experiment_id] = (loaded, batcher)
             return batcher
 
     def _loaded(self) -> None:
@@ -92,7 +97,7 @@ class ModelServer:
             self._batchers = {
                 experiment_id: (loaded, batcher)
                 for experiment_id, (loaded, batcher) in self._batchers.items()
-                if self.cache.holds(experiment_id, loaded.sha256)
+                if self.cache.holds_loaded(loaded)
             }
         # Their models are unreachable now, so the heap freeze collects them.
         if self.after_load is not None:

@@ -26,7 +26,7 @@ def run(epochs: int, *, stop_now=lambda: False, stop_after_epoch=lambda: False, 
     sent: list[EpochFinished] = []
     checkpoint = Checkpoint(sent.append, STEPS, interruption, initial_epoch=0)
     progress = SimpleNamespace(value=0), SimpleNamespace(value=0)
-    stop = StopThreshold(rule, epochs)
+    stop = StopThreshold(rule, epochs, interruption)
     fit(
         epochs,
         Progress(*progress, STEPS, interruption),
@@ -55,6 +55,12 @@ def test_stopping_between_batches_sends_no_partial_epoch():
     assert result.sent == [] and result.checkpoint.last_epoch == 0
     assert result.interruption.mid_epoch
     assert [counter.value for counter in result.progress] == [1, 1]
+
+
+def test_a_partial_epoch_reaches_no_stop_threshold():
+    """Its logs cover the batches run so far: a threshold any loss meets stays unreached."""
+    result = run(3, stop_now=lambda: True, rule=StopRule(metric="loss", threshold=1e9))
+    assert result.interruption.mid_epoch and result.stop.reason is None
 
 
 def test_stopping_after_the_epoch_sends_it_first():

@@ -88,8 +88,10 @@ class NaNGuard(keras.callbacks.Callback):
         self.interruption = interruption
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
+        if self.interruption.mid_epoch:
+            return
         loss = float((logs or {})["loss"])
-        if not self.interruption.mid_epoch and not math.isfinite(loss):
+        if not math.isfinite(loss):
             raise FloatingPointError(
                 f"the loss became {loss} in epoch {epoch + 1}: lower learning_rate"
             )
@@ -137,14 +139,16 @@ class Checkpoint(keras.callbacks.Callback):
 class StopThreshold(keras.callbacks.Callback):
     """The spec's stop rule: ends training after the first epoch whose metric reaches it."""
 
-    def __init__(self, rule: StopRule | None, epochs: int) -> None:
+    def __init__(self, rule: StopRule | None, epochs: int, interruption: Interruption) -> None:
         super().__init__()
         self.rule = rule
         self.epochs = epochs
+        self.interruption = interruption
         self.reason: str | None = None
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
-        if self.rule is None or epoch + 1 >= self.epochs:
+        # A partial epoch reached nothing: its metrics cover the batches run so far.
+        if self.rule is None or self.interruption.mid_epoch or epoch + 1 >= self.epochs:
             return
         value = float((logs or {})[self.rule.metric])
         if self.rule.reached(value):

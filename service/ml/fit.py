@@ -75,7 +75,7 @@ def train(
     steps = steps_per_epoch(spec, len(images))
     interruption = Interruption(stop_now, stop_after_epoch, spec.epochs)
     checkpoint = Checkpoint(send_epoch, steps, interruption, initial_epoch=initial_epoch)
-    stop_threshold = StopThreshold(spec.stop, spec.epochs)
+    stop_threshold = StopThreshold(spec.stop, spec.epochs, interruption)
     callbacks = [
         Progress(*progress, steps, interruption),
         NaNGuard(interruption),

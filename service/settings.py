@@ -1,6 +1,7 @@
 """Configuration from environment variables; settings that make no sense are refused at start."""
 
 import ipaddress
+import os
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -13,6 +14,13 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 DEFAULT_DATA_DIR = Path("data")
 # Shorter keys can be guessed; 16 characters is what `secrets.token_urlsafe(12)` gives.
 MIN_API_KEY_LENGTH = 16
+# Names earlier versions read. Set, they are refused: ignored, they would leave the service
+# running on a default its operator had changed (BATCH_WAIT_MS=0 would batch again).
+RENAMED = {
+    "SQLITE_BUSY_TIMEOUT_MS": "SQLITE_BUSY_TIMEOUT_SECONDS",
+    "BATCH_WAIT_MS": "BATCH_WAIT_SECONDS",
+    "MODEL_CHECK_SECONDS": "MODEL_LOOKUP_TTL_SECONDS",
+}
 LOOPBACK_NAMES = ("localhost",)
 # What a bearer token may hold (RFC 6750's token68).
 TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
@@ -214,6 +222,16 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_old_names(cls, data: object) -> object:
+        old = [name for name in RENAMED if name in os.environ]
+        if old:
+            raise ValueError(
+                "; ".join(f"{name} is now {RENAMED[name]}, in seconds" for name in old)
+            )
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> Self:

@@ -180,6 +180,15 @@ def test_the_api_command_refuses_to_start_on_a_public_host_without_keys(database
     assert "refusing to start" in result.stderr and "API_KEYS" in result.stderr
 
 
+def test_names_an_older_version_read_are_refused_not_ignored(monkeypatch):
+    monkeypatch.setenv("BATCH_WAIT_MS", "0")
+    monkeypatch.setenv("MODEL_CHECK_SECONDS", "5")
+    with pytest.raises(ValidationError) as refused:
+        Settings(_env_file=None)
+    assert "BATCH_WAIT_MS is now BATCH_WAIT_SECONDS, in seconds" in str(refused.value)
+    assert "MODEL_CHECK_SECONDS is now MODEL_LOOKUP_TTL_SECONDS" in str(refused.value)
+
+
 @pytest.mark.parametrize(
     "setting, value, message",
     [

@@ -112,6 +112,9 @@ class ExperimentSpec(StrictModel):
 class ExperimentCreate(StrictModel):
     """What a user POSTs to /experiments."""
 
+    # Frozen: the spec built while validating stays the spec of these fields.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     name: str | None = Field(default=None, max_length=200)
     conv_layers: (
         Annotated[int, Field(strict=True, ge=0, le=MAX_CONV_LAYERS)]

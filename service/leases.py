@@ -189,6 +189,7 @@ def complete(
             Experiment.cancel_requested_at.is_(None),
             test_loss=result.test_loss,
             test_accuracy=result.test_accuracy,
+            test_confusion=result.confusion_matrix,
             stopped_early=result.stopped_early,
             stop_reason=result.stop_reason,
         ):

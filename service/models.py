@@ -109,6 +109,8 @@ class Experiment(Base):
 
     test_loss: Mapped[float | None] = mapped_column(Float)
     test_accuracy: Mapped[float | None] = mapped_column(Float)
+    # Test images counted by true (row) and predicted (column) class.
+    test_confusion: Mapped[list[list[int]] | None] = mapped_column(JSON)
     stopped_early: Mapped[bool] = mapped_column(Boolean, default=False)
     stop_reason: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)

@@ -23,6 +23,8 @@ class TrainingResult:
     test_loss: float
     test_accuracy: float
     keras_file: bytes
+    # Rows are true classes, columns predicted ones; the counts sum to the test set's size.
+    confusion_matrix: list[list[int]]
 
 
 class ResumePoint(NamedTuple):

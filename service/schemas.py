@@ -45,9 +45,26 @@ class EpochRead(BaseModel):
     finished_at: datetime
 
 
+class ClassResultRead(BaseModel):
+    name: str
+    precision: float | None = Field(
+        description="of the images predicted as this class, the share that were"
+    )
+    recall: float | None = Field(description="of this class's images, the share predicted as it")
+    accuracy: float = Field(
+        description="the share of all images rightly put in or out of this class"
+    )
+
+
 class TestResultRead(BaseModel):
     loss: float
     accuracy: float
+    confusion_matrix: list[list[int]] | None = Field(
+        default=None,
+        description="test images counted by true class (row) and predicted class (column), in "
+        "the order of per_class; null for runs stored before it was recorded",
+    )
+    per_class: list[ClassResultRead] | None = None
 
 
 class ModelFileRead(BaseModel):

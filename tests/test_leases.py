@@ -16,6 +16,7 @@ from service.results import EpochResult, TrainingResult
 from tests.test_queue import claim, enqueue, expire_lease
 
 EPOCH = EpochResult(1, 0.5, 0.8, None, None, 1.0, 10.0)
+CONFUSION = [[1] * 10] * 10
 
 
 def test_writes_under_a_lost_claim_change_nothing(session_factory):
@@ -36,7 +37,7 @@ def test_writes_under_a_lost_claim_change_nothing(session_factory):
     )
     assert not leases.fail(session_factory, first, error="late")
     assert not leases.complete(
-        session_factory, first, TrainingResult(2, False, None, 0.4, 0.9, b"late model")
+        session_factory, first, TrainingResult(2, False, None, 0.4, 0.9, b"late model", CONFUSION)
     )
     with session_factory() as session:
         experiment = session.get(Experiment, experiment_id)
@@ -97,7 +98,7 @@ def test_cancel_during_the_test_evaluation_ends_cancelled_without_a_model(sessio
     with transaction(session_factory) as session:
         assert queue.request_cancel(session, experiment_id)
     final = leases.complete(
-        session_factory, running, TrainingResult(2, False, None, 0.4, 0.9, b"model")
+        session_factory, running, TrainingResult(2, False, None, 0.4, 0.9, b"model", CONFUSION)
     )
     assert final == ExperimentStatus.CANCELLED
     with session_factory() as session:

@@ -35,7 +35,7 @@ pytestmark = SQLITE_ONLY
 # A script that has not ended by then is waiting for something that will not happen.
 SCRIPT_TIMEOUT_SECONDS = 5.0
 STARTED = Started(device="CPU", backend="tensorflow", steps_per_epoch=10)
-MODEL = TrainingResult(2, False, None, 0.4, 0.9, b"PK model")
+MODEL = TrainingResult(2, False, None, 0.4, 0.9, b"PK model", [[1] * 10] * 10)
 
 
 def epoch(number: int) -> EpochFinished:

@@ -1,15 +1,17 @@
 """The one conversion from ORM rows to the API's response models."""
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from service.evaluation import per_class
 from service.models import Experiment, ExperimentStatus, TrainedModel, Worker
 from service.queue import CLAIMABLE_DEVICES
 from service.registry import alive_condition
 from service.schemas import (
     AttemptRead,
+    ClassResultRead,
     EpochRead,
     ExperimentListItem,
     ExperimentRead,
@@ -119,7 +121,7 @@ def _read(
 ) -> ExperimentRead:
     test = None
     if experiment.test_loss is not None and experiment.test_accuracy is not None:
-        test = TestResultRead(loss=experiment.test_loss, accuracy=experiment.test_accuracy)
+        test = _test_result(experiment)
     return ExperimentRead(
         id=experiment.id,
         name=experiment.name,
@@ -142,6 +144,16 @@ def _read(
         stop_reason=experiment.stop_reason,
         error=experiment.error,
         model=model,
+    )
+
+
+def _test_result(experiment: Experiment) -> TestResultRead:
+    matrix = experiment.test_confusion
+    return TestResultRead(
+        loss=experiment.test_loss,
+        accuracy=experiment.test_accuracy,
+        confusion_matrix=matrix,
+        per_class=[ClassResultRead(**asdict(row)) for row in per_class(matrix)] if matrix else None,
     )
 
 

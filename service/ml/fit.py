@@ -5,11 +5,13 @@ Written against `keras` only, so the TensorFlow, JAX and PyTorch backends all tr
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import keras
 import numpy as np
 
 from service.datasets import FashionMNIST, to_model_input
+from service.evaluation import confusion_matrix
 from service.ml.callbacks import (
     Checkpoint,
     Counter,
@@ -99,18 +101,38 @@ def train(
             )
         if interruption.interrupted:
             raise TrainingInterrupted
-        test_loss, test_accuracy = model.evaluate(
-            to_model_input(dataset.test_images),
-            dataset.test_labels,
-            batch_size=EVALUATE_BATCH_SIZE,
-            verbose=0,
-        )
+        test = evaluate(model, dataset)
 
     return TrainingResult(
         epochs_run=checkpoint.last_epoch,
         stopped_early=stop_threshold.reason is not None,
         stop_reason=stop_threshold.reason,
-        test_loss=float(test_loss),
-        test_accuracy=float(test_accuracy),
+        test_loss=test.loss,
+        test_accuracy=test.accuracy,
+        confusion_matrix=test.confusion_matrix,
         keras_file=save_model_bytes(model),
+    )
+
+
+@dataclass(frozen=True)
+class TestEvaluation:
+    loss: float
+    accuracy: float
+    confusion_matrix: list[list[int]]
+
+
+def evaluate(model: keras.Model, dataset: FashionMNIST) -> TestEvaluation:
+    """Loss, accuracy and the confusion matrix on the test set, from one pass over it: the
+    accuracy is the matrix's trace over its total, as `model.evaluate` would count it."""
+    labels = dataset.test_labels
+    probabilities = model.predict(
+        to_model_input(dataset.test_images), batch_size=EVALUATE_BATCH_SIZE, verbose=0
+    )
+    # The loss the model was compiled with, averaged over the images as `evaluate` does.
+    losses = keras.losses.sparse_categorical_crossentropy(labels, probabilities)
+    predicted = np.argmax(probabilities, axis=1)
+    return TestEvaluation(
+        loss=float(np.mean(keras.ops.convert_to_numpy(losses))),
+        accuracy=float(np.mean(predicted == labels)),
+        confusion_matrix=confusion_matrix(labels, predicted),
     )

@@ -64,6 +64,7 @@ def test_queued_experiment_says_where_it_stands_and_why_it_waits(client, session
     assert body["attempts"] == [] and body["cancel_requested"] is False
     assert client.get(f"/experiments/{second['id']}/model").status_code == 409
     assert client.get(f"/experiments/{second['id']}/learning-curve.png").status_code == 409
+    assert client.get(f"/experiments/{second['id']}/confusion-matrix.png").status_code == 409
 
     registry.register_worker(
         session_factory, worker_id="cpu-1", host="here", pid=1, device="cpu", lease_seconds=30
@@ -165,6 +166,19 @@ def test_learning_curve_is_a_png(client, drain):
     assert response.status_code == 200
     assert response.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(response.content)).size == (1000, 400)
+
+    # The same run, evaluated class by class on the 10,000 test images.
+    test = client.get(f"/experiments/{created['id']}").json()["test"]
+    matrix = test["confusion_matrix"]
+    assert len(matrix) == 10 and all(len(row) == 10 for row in matrix)
+    assert sum(map(sum, matrix)) == 10_000
+    assert sum(matrix[i][i] for i in range(10)) / 10_000 == test["accuracy"]
+    assert [row["name"] for row in test["per_class"]][:2] == ["T-shirt/top", "Trouser"]
+    trouser = test["per_class"][1]
+    assert trouser["recall"] == matrix[1][1] / sum(matrix[1])
+    heat_map = client.get(f"/experiments/{created['id']}/confusion-matrix.png")
+    assert heat_map.status_code == 200 and heat_map.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(heat_map.content)).size == (800, 700)
 
 
 @SQLITE_ONLY

@@ -22,7 +22,7 @@ from service.api.presenters import (
 )
 from service.api.security import CallerDep, authenticate
 from service.models import Experiment, ExperimentStatus, TrainedModel
-from service.plots import learning_curve_png
+from service.plots import confusion_matrix_png, learning_curve_png
 from service.schemas import MAX_DATABASE_ID, ExperimentPage, ExperimentRead
 from service.serving.resolver import ExperimentNotFoundError
 from service.settings import Settings
@@ -213,6 +213,24 @@ async def get_learning_curve(experiment_id: ExperimentId, database: DatabaseDep)
     title = f"experiment {experiment.id}" + (f": {experiment.name}" if experiment.name else "")
     # Plotting takes tens of milliseconds: off the event loop, and holding no connection.
     png = await run_in_threadpool(learning_curve_png, title, experiment.epochs)
+    return Response(png, media_type="image/png")
+
+
+@router.get(
+    "/{experiment_id}/confusion-matrix.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, **error_responses(404, 409, 422)},
+)
+async def get_confusion_matrix(experiment_id: ExperimentId, database: DatabaseDep) -> Response:
+    """The test set's confusion matrix as a heat map; 409 until the experiment has succeeded."""
+    experiment = await database.read(lambda session: get_experiment_or_404(session, experiment_id))
+    if experiment.test_confusion is None:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"experiment {experiment_id} has no test evaluation (status {experiment.status})",
+        )
+    title = f"experiment {experiment.id}: test accuracy {experiment.test_accuracy:.4f}"
+    png = await run_in_threadpool(confusion_matrix_png, title, experiment.test_confusion)
     return Response(png, media_type="image/png")
 
 

@@ -93,10 +93,17 @@ class ExperimentSpec(StrictModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     _summary: ModelSummary | None = PrivateAttr(default=None)
 
+    def steps_per_epoch(self, train_count: int | None = None) -> int:
+        """Batches in one epoch over `train_count` images (default: the spec's own count),
+        less the validation share."""
+        fitted = int(
+            (train_count or self.train_samples or TRAIN_IMAGES) * (1 - self.validation_split)
+        )
+        return math.ceil(fitted / self.batch_size)
+
     def training_steps(self) -> int:
         """Epochs × steps per epoch: the batches training will run through."""
-        fitted = int((self.train_samples or TRAIN_IMAGES) * (1 - self.validation_split))
-        return self.epochs * math.ceil(fitted / self.batch_size)
+        return self.epochs * self.steps_per_epoch()
 
     def summary(self) -> ModelSummary:
         """Layer shapes and sizes; computed on the first call (it raises ArchitectureError for

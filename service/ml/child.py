@@ -104,14 +104,14 @@ class _Trainer:
         """Train one experiment; False once the worker is gone and the child should exit."""
         from service.datasets import load_fashion_mnist
         from service.ml.backend import backend_name, clear_backend_state, describe_device
-        from service.ml.fit import TrainingInterrupted, steps_per_epoch, train, training_count
+        from service.ml.fit import TrainingInterrupted, train, training_count
 
         spec, flags = request.spec, self.flags
         flags.refresh()  # The worker cleared the events just before sending this run.
         try:
             # Cached per process: loaded by the first run only.
             dataset = load_fashion_mnist(self.fashion_mnist_dir)
-            steps = steps_per_epoch(spec, training_count(spec, dataset))
+            steps = spec.steps_per_epoch(training_count(spec, dataset))
             self.connection.send(Started(describe_device(request.device), backend_name(), steps))
             result = train(
                 spec,

@@ -3,7 +3,6 @@
 Written against `keras` only, so the TensorFlow, JAX and PyTorch backends all train it.
 """
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -46,11 +45,6 @@ def training_arrays(spec: ExperimentSpec, dataset: FashionMNIST) -> tuple[np.nda
     return to_model_input(dataset.train_images[:count]), dataset.train_labels[:count]
 
 
-def steps_per_epoch(spec: ExperimentSpec, train_count: int) -> int:
-    fitted = int(train_count * (1 - spec.validation_split))
-    return math.ceil(fitted / spec.batch_size)
-
-
 def train(
     spec: ExperimentSpec,
     dataset: FashionMNIST,
@@ -74,7 +68,7 @@ def train(
     if spec.seed is not None:
         keras.utils.set_random_seed(spec.seed + initial_epoch)
     images, labels = training_arrays(spec, dataset)
-    steps = steps_per_epoch(spec, len(images))
+    steps = spec.steps_per_epoch(len(images))
     interruption = Interruption(stop_now, stop_after_epoch, spec.epochs)
     checkpoint = Checkpoint(send_epoch, steps, interruption, initial_epoch=initial_epoch)
     stop_threshold = StopThreshold(spec.stop, spec.epochs, interruption)

@@ -1,6 +1,7 @@
 """Fashion-MNIST from local IDX files: an explicit directory, Debian's package, Keras's cache."""
 
 import gzip
+import hashlib
 import logging
 from dataclasses import dataclass
 from functools import lru_cache
@@ -39,12 +40,13 @@ class DatasetNotFoundError(RuntimeError):
 
 @dataclass(frozen=True)
 class FashionMNIST:
-    """The raw images (uint8, N×28×28) and labels (uint8, N)."""
+    """The raw images (uint8, N×28×28) and labels (uint8, N), and the files they came from."""
 
     train_images: np.ndarray
     train_labels: np.ndarray
     test_images: np.ndarray
     test_labels: np.ndarray
+    files: tuple[Path, ...] = ()
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -75,12 +77,21 @@ def candidate_directories(explicit: Path | None) -> list[Path]:
     return [d for d in (explicit, DEBIAN_DIR, KERAS_CACHE_DIR) if d is not None]
 
 
-def load_from_directory(directory: Path) -> FashionMNIST | None:
-    """The data set from one directory, or None where any of the four files is missing."""
+def _complete_paths(directory: Path) -> dict[str, Path] | None:
+    """The four files in one directory, or None where any is missing."""
     paths = {key: _find(directory, stem) for key, stem in FILES.items()}
     if any(path is None for path in paths.values()):
         return None
-    return FashionMNIST(**{key: read_idx(path) for key, path in paths.items()})
+    return paths
+
+
+def load_from_directory(directory: Path) -> FashionMNIST | None:
+    """The data set from one directory, or None where any of the four files is missing."""
+    paths = _complete_paths(directory)
+    if paths is None:
+        return None
+    arrays = {key: read_idx(path) for key, path in paths.items()}
+    return FashionMNIST(**arrays, files=tuple(paths.values()))
 
 
 @lru_cache(maxsize=2)
@@ -104,7 +115,42 @@ def load_fashion_mnist(explicit_dir: Path | None = None) -> FashionMNIST:
             f"Fashion-MNIST was not found in {searched} and could not be downloaded ({error}). "
             "Install Debian's dataset-fashion-mnist or set FASHION_MNIST_DIR."
         ) from error
-    return FashionMNIST(train_images, train_labels, test_images, test_labels)
+    # Keras keeps what it downloaded in its cache, under the names this module looks for.
+    downloaded = (_find(KERAS_CACHE_DIR, stem) for stem in FILES.values())
+    return FashionMNIST(
+        train_images,
+        train_labels,
+        test_images,
+        test_labels,
+        files=tuple(path for path in downloaded if path is not None),
+    )
+
+
+@lru_cache(maxsize=2)
+def load_test_images(explicit_dir: Path | None = None) -> np.ndarray:
+    """The 10,000 test images alone, from the directory `load_fashion_mnist` would read: the
+    API shows some of them and has no use for the training set's 47 MB."""
+    for directory in candidate_directories(explicit_dir):
+        paths = _complete_paths(directory)
+        if paths is not None:
+            return read_idx(paths["test_images"])
+    return load_fashion_mnist(explicit_dir).test_images
+
+
+def data_digests(dataset: FashionMNIST) -> dict[str, str]:
+    """File name → SHA-256 of each file the data set was read from."""
+    return {path.name: file_sha256(path) for path in dataset.files}
+
+
+@lru_cache(maxsize=len(FILES))
+def file_sha256(path: Path) -> str:
+    """Hashed once per process, as the data set is read once: the digests describe the arrays
+    in memory, even should a file be replaced under a running worker."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def to_model_input(images: np.ndarray) -> np.ndarray:

@@ -30,6 +30,12 @@ def confusion_matrix(true: np.ndarray, predicted: np.ndarray) -> list[list[int]]
     return cells.reshape(NUM_CLASSES, NUM_CLASSES).tolist()
 
 
+def misclassified_count(matrix: list[list[int]]) -> int:
+    """Every image off the diagonal: those whose predicted class is not their true one."""
+    counts = np.asarray(matrix, np.int64)
+    return int(counts.sum() - np.trace(counts))
+
+
 def per_class(matrix: list[list[int]]) -> list[ClassResult]:
     """Each class's precision, recall and one-against-the-rest accuracy; None where a class
     was never predicted (precision) or never present (recall)."""

@@ -5,7 +5,7 @@ worker whose lease was taken away cannot change the experiment any more. Leases 
 by the database's clock only.
 """
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from sqlalchemy import case, delete, insert, select, update
@@ -25,7 +25,7 @@ from service.models import (
     TrainedModel,
 )
 from service.queue import Claim
-from service.results import EpochResult, ResumePoint, TrainingResult
+from service.results import EpochResult, Reproducibility, ResumePoint, TrainingResult
 
 
 @dataclass(frozen=True)
@@ -107,8 +107,10 @@ def start_training(
     device: str,
     backend: str,
     steps_per_epoch: int,
+    reproducibility: Reproducibility,
 ) -> bool:
-    """Record where it trains (device and Keras backend) and the steps progress counts."""
+    """Record where it trains (device and Keras backend), the steps progress counts, and what
+    it takes to train it again."""
     with transaction(session_factory) as session:
         return _fenced_update(
             session,
@@ -116,6 +118,7 @@ def start_training(
             device=device,
             backend=backend,
             steps_per_epoch=steps_per_epoch,
+            reproducibility=asdict(reproducibility),
             heartbeat_at=db_now(dialect_of(session)),
         )
 
@@ -190,6 +193,7 @@ def complete(
             test_loss=result.test_loss,
             test_accuracy=result.test_accuracy,
             test_confusion=result.confusion_matrix,
+            test_misclassified=result.misclassified,
             stopped_early=result.stopped_early,
             stop_reason=result.stop_reason,
         ):
@@ -211,6 +215,19 @@ def finish_cancelled(session_factory: sessionmaker[Session], claim: Claim) -> bo
     """A running experiment stopped on request; it keeps the epochs it finished."""
     with transaction(session_factory) as session:
         return _finish(session, claim, ExperimentStatus.CANCELLED, AttemptOutcome.CANCELLED)
+
+
+def finish_pruned(session_factory: sessionmaker[Session], claim: Claim, *, reason: str) -> bool:
+    """Stopped by its study's pruning rule; keeps its epochs, has no test result or model."""
+    with transaction(session_factory) as session:
+        return _finish(
+            session,
+            claim,
+            ExperimentStatus.PRUNED,
+            AttemptOutcome.PRUNED,
+            stopped_early=True,
+            stop_reason=reason,
+        )
 
 
 def _requeue_values() -> dict[str, Any]:

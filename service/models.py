@@ -63,6 +63,40 @@ class ExperimentStatus(enum.StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    # Stopped by its study's pruning rule: it fell behind the study's median.
+    PRUNED = "pruned"
+
+
+FINAL_STATUSES = (
+    ExperimentStatus.SUCCEEDED,
+    ExperimentStatus.FAILED,
+    ExperimentStatus.CANCELLED,
+    ExperimentStatus.PRUNED,
+)
+
+
+class Study(Base):
+    """A comparison submitted in one request: its experiments are its cells."""
+
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    owner: Mapped[str | None] = mapped_column(String(16))
+    # The request as validated, so the study can be read and resubmitted as it was sent.
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The spec fields that differ between cells, in the order the effects report them.
+    varied: Mapped[list[str]] = mapped_column(JSON)
+    prune: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # "<owner>/<Idempotency-Key>": a retried POST with the same key gets this study back
+    # instead of a second one. One column, as NULL owners would never collide in a pair.
+    idempotency_key: Mapped[str | None] = mapped_column(String(240), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    experiments: Mapped[list["Experiment"]] = relationship(
+        back_populates="study", order_by="Experiment.id"
+    )
 
 
 class Experiment(Base):
@@ -70,6 +104,8 @@ class Experiment(Base):
     __table_args__ = (
         Index("ix_experiments_status_device_id", "status", "requested_device", "id"),
         Index("ix_experiments_owner_status", "owner", "status"),
+        # One experiment per cell: a variant on a device with a repeat number.
+        UniqueConstraint("study_id", "variant", "requested_device", "repeat"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -102,6 +138,15 @@ class Experiment(Base):
     device: Mapped[str | None] = mapped_column(String(200))
     # The Keras backend that trained it: "tensorflow", "jax" or "torch".
     backend: Mapped[str | None] = mapped_column(String(32))
+    # Versions, device, seed and data hashes: what it takes to train it again the same way.
+    reproducibility: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+    study_id: Mapped[int | None] = mapped_column(
+        ForeignKey("studies.id", ondelete="CASCADE"), index=True
+    )
+    # The study cell's varied fields as canonical JSON, e.g. {"conv_layers":2,"filters":32}.
+    variant: Mapped[str | None] = mapped_column(String(1000))
+    repeat: Mapped[int | None] = mapped_column(Integer)
 
     progress_epoch: Mapped[int | None] = mapped_column(Integer)
     progress_step: Mapped[int | None] = mapped_column(Integer)
@@ -111,6 +156,8 @@ class Experiment(Base):
     test_accuracy: Mapped[float | None] = mapped_column(Float)
     # Test images counted by true (row) and predicted (column) class.
     test_confusion: Mapped[list[list[int]] | None] = mapped_column(JSON)
+    # The first misclassified test images as [index, true class, predicted class].
+    test_misclassified: Mapped[list[list[int]] | None] = mapped_column(JSON)
     stopped_early: Mapped[bool] = mapped_column(Boolean, default=False)
     stop_reason: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
@@ -122,6 +169,7 @@ class Experiment(Base):
     attempt_history: Mapped[list["Attempt"]] = relationship(
         order_by="Attempt.number", cascade="all, delete-orphan"
     )
+    study: Mapped[Study | None] = relationship(back_populates="experiments")
 
 
 class EpochMetric(Base):
@@ -150,6 +198,7 @@ class AttemptOutcome(enum.StrEnum):
     CANCELLED = "cancelled"
     REQUEUED = "requeued"  # The worker shut down; the attempt is not spent.
     LOST = "lost"  # The lease expired: the worker was killed, stalled or lost.
+    PRUNED = "pruned"  # Its study's median rule stopped it.
 
 
 class Attempt(Base):

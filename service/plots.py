@@ -1,7 +1,10 @@
-"""Learning curves and confusion matrices as PNG images."""
+"""Learning curves, confusion matrices and misclassified test images as PNG images."""
 
 import io
+import math
 from collections.abc import Sequence
+
+import numpy as np
 
 # The object-oriented Figure needs no pyplot state, so request threads can draw at once.
 from matplotlib.figure import Figure
@@ -25,7 +28,7 @@ def learning_curve_png(title: str, epochs: Sequence[EpochMetric]) -> bytes:
         axes.grid(alpha=0.3)
         axes.legend()
     figure.suptitle(title)
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def confusion_matrix_png(title: str, matrix: Sequence[Sequence[int]]) -> bytes:
@@ -46,10 +49,33 @@ def confusion_matrix_png(title: str, matrix: Sequence[Sequence[int]]) -> bytes:
             colour = "white" if count > brightest / 2 else "black"
             axes.text(column, row, count, ha="center", va="center", fontsize=8, color=colour)
     axes.set_title(title)
-    return _png(figure)
+    return png_bytes(figure)
 
 
-def _png(figure: Figure) -> bytes:
+def misclassified_png(
+    title: str, test_images: np.ndarray, misclassified: Sequence[Sequence[int]]
+) -> bytes:
+    """The test images a model got wrong, in a square-ish grid, each captioned with its true
+    and predicted class; `misclassified` holds [index, true, predicted] rows."""
+    columns = max(1, math.ceil(math.sqrt(len(misclassified))))
+    rows = max(1, math.ceil(len(misclassified) / columns))
+    # Never narrower than the title, for a run with few or no mistakes.
+    figure = Figure(figsize=(max(1.6 * columns, 4.8), 1.7 * rows + 0.4), layout="constrained")
+    grid = figure.subplots(rows, columns, squeeze=False).ravel()
+    for axes in grid:
+        axes.set_axis_off()
+    for axes, (index, true, predicted) in zip(grid, misclassified, strict=False):
+        axes.imshow(test_images[index], cmap="gray", vmin=0, vmax=255)
+        axes.set_title(
+            f"#{index}\n{CLASS_NAMES[true]} → {CLASS_NAMES[predicted]}", fontsize=7, pad=2
+        )
+    if not misclassified:
+        grid[0].text(0.5, 0.5, "no misclassified test images", ha="center", va="center")
+    figure.suptitle(title)
+    return png_bytes(figure)
+
+
+def png_bytes(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
     return buffer.getvalue()

@@ -27,11 +27,21 @@ NOTIFY_CHANNEL = "convlab_experiments"
 class QueueFullError(RuntimeError):
     """The submitter already has MAX_QUEUED experiments waiting or running."""
 
-    def __init__(self, pending: int, limit: int) -> None:
+    def __init__(self, pending: int, limit: int, adding: int = 1) -> None:
+        asked = "" if adding == 1 else f" and this request adds {adding}"
         super().__init__(
-            f"{pending} of your experiments are queued or running, the limit is {limit} "
+            f"{pending} of your experiments are queued or running{asked}, the limit is {limit} "
             "(MAX_QUEUED): wait for some to finish, or cancel some"
         )
+
+
+@dataclass(frozen=True)
+class StudyCell:
+    """Where an experiment sits in its study: the variant's key and the repeat's number."""
+
+    study_id: int
+    variant: str
+    repeat: int
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,7 @@ def enqueue(
     spec: ExperimentSpec,
     owner: str | None = None,
     max_queued: int | None = None,
+    cell: StudyCell | None = None,
 ) -> Experiment:
     """Insert an experiment as `queued`; it is claimable once the caller's transaction commits.
 
@@ -58,9 +69,7 @@ def enqueue(
     running.
     """
     if max_queued is not None:
-        pending = _pending_count(session, owner)
-        if pending >= max_queued:
-            raise QueueFullError(pending, max_queued)
+        ensure_room(session, owner, adding=1, max_queued=max_queued)
     experiment = Experiment(
         name=name,
         owner=owner,
@@ -68,6 +77,9 @@ def enqueue(
         spec=spec.model_dump(mode="json"),
         summary=spec.summary().as_dict(),
         requested_device=spec.device,
+        study_id=cell.study_id if cell else None,
+        variant=cell.variant if cell else None,
+        repeat=cell.repeat if cell else None,
     )
     session.add(experiment)
     session.flush()
@@ -75,6 +87,13 @@ def enqueue(
         # Delivered at commit; idle workers wake at once instead of at their next poll.
         session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
     return experiment
+
+
+def ensure_room(session: Session, owner: str | None, *, adding: int, max_queued: int) -> None:
+    """Raise QueueFullError unless `owner` can have `adding` more experiments waiting."""
+    pending = _pending_count(session, owner)
+    if pending + adding > max_queued:
+        raise QueueFullError(pending, max_queued, adding)
 
 
 def _pending_count(session: Session, owner: str | None) -> int:

@@ -3,6 +3,10 @@
 from dataclasses import dataclass
 from typing import NamedTuple
 
+# Test images whose index and classes a run keeps when the model got them wrong: enough for a
+# page of examples, small enough to store with every run.
+MISCLASSIFIED_KEPT = 100
+
 
 @dataclass(frozen=True)
 class EpochResult:
@@ -25,6 +29,27 @@ class TrainingResult:
     keras_file: bytes
     # Rows are true classes, columns predicted ones; the counts sum to the test set's size.
     confusion_matrix: list[list[int]]
+    # The first MISCLASSIFIED_KEPT wrong answers, by test index: [index, true, predicted].
+    misclassified: list[list[int]]
+
+
+@dataclass(frozen=True)
+class Reproducibility:
+    """What it takes to train a run again the same way: the seed it used, the software and
+    device it ran on, and the data files it read."""
+
+    seed: int
+    keras_version: str
+    backend: str
+    backend_version: str
+    numpy_version: str
+    python_version: str
+    device_name: str
+    # File name → SHA-256 of each training and test file loaded.
+    data_sha256: dict[str, str]
+    # Seeded by the user and run on the CPU with the backend's determinism switch on: the same
+    # spec on the same versions gives the same losses, epoch by epoch.
+    deterministic: bool
 
 
 class ResumePoint(NamedTuple):

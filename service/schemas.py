@@ -1,7 +1,7 @@
 """Pydantic views the API sends back; the spec users send is in service.spec."""
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -100,6 +100,32 @@ class WorkerRead(BaseModel):
     experiment_id: int | None
 
 
+class StudyCellRead(BaseModel):
+    study_id: int
+    variant: dict[str, Any] = Field(description="the study's varied fields in this cell")
+    repeat: int
+
+
+class ReproducibilityRead(BaseModel):
+    seed: int = Field(
+        description="the seed it trained with: the spec's, or one drawn at random when the "
+        "spec had none; send it as `seed` to train the run again"
+    )
+    keras_version: str
+    backend: str
+    backend_version: str = Field(description="the TensorFlow, JAX or PyTorch version")
+    numpy_version: str
+    python_version: str
+    device_name: str = Field(description="the CPU's model, or the GPU's name")
+    data_sha256: dict[str, str] = Field(
+        description="file name → SHA-256 of each training and test file the run read"
+    )
+    deterministic: bool = Field(
+        description="seeded by the user and run on the CPU with the backend's determinism "
+        "switch on: the same spec on the same versions gives the same losses"
+    )
+
+
 class ExperimentRead(BaseModel):
     id: int
     name: str | None
@@ -112,6 +138,12 @@ class ExperimentRead(BaseModel):
     backend: str | None = Field(
         description="the Keras backend that trained it (tensorflow, jax, torch); null until "
         "training starts"
+    )
+    study: StudyCellRead | None = Field(
+        description="the study this experiment is a cell of; null for a single experiment"
+    )
+    reproducibility: ReproducibilityRead | None = Field(
+        description="seed, versions, device and data digests; null until training starts"
     )
     attempts: list[AttemptRead]
     queue_position: int | None = Field(description="1 = next to be claimed; null unless queued")
@@ -138,11 +170,30 @@ class ExperimentListItem(BaseModel):
     flatten_size: int
     device: str | None
     backend: str | None
+    study_id: int | None
+    variant: dict[str, Any] | None
+    repeat: int | None
     epochs_run: int
     seconds_per_epoch: float | None
     final_accuracy: float | None
     test_accuracy: float | None
     created_at: datetime
+
+
+class MisclassifiedImageRead(BaseModel):
+    index: int = Field(description="the image's position in the 10,000-image test set")
+    true_label: int
+    true_class: str
+    predicted_label: int
+    predicted_class: str
+
+
+class MisclassifiedRead(BaseModel):
+    experiment_id: int
+    total_misclassified: int = Field(description="every test image the model got wrong")
+    items: list[MisclassifiedImageRead] = Field(
+        description="the first of them, by test index (at most 100 are kept)"
+    )
 
 
 class ExperimentPage(BaseModel):

@@ -65,6 +65,8 @@ def test_queued_experiment_says_where_it_stands_and_why_it_waits(client, session
     assert client.get(f"/experiments/{second['id']}/model").status_code == 409
     assert client.get(f"/experiments/{second['id']}/learning-curve.png").status_code == 409
     assert client.get(f"/experiments/{second['id']}/confusion-matrix.png").status_code == 409
+    assert client.get(f"/experiments/{second['id']}/misclassified").status_code == 409
+    assert client.get(f"/experiments/{second['id']}/misclassified.png").status_code == 409
 
     registry.register_worker(
         session_factory, worker_id="cpu-1", host="here", pid=1, device="cpu", lease_seconds=30
@@ -159,7 +161,7 @@ def test_cancel_running_is_202_and_a_request_to_its_worker(client, session_facto
     assert response.json()["status"] == "running" and response.json()["cancel_requested"]
 
 
-def test_learning_curve_is_a_png(client, drain):
+def test_a_finished_run_plots_its_curve_confusion_and_misclassified_images(client, drain, dataset):
     created = submit(client, validation_split=0.2)
     drain()
     response = client.get(f"/experiments/{created['id']}/learning-curve.png")
@@ -179,6 +181,31 @@ def test_learning_curve_is_a_png(client, drain):
     heat_map = client.get(f"/experiments/{created['id']}/confusion-matrix.png")
     assert heat_map.status_code == 200 and heat_map.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(heat_map.content)).size == (800, 700)
+
+    # The images it got wrong, by test index.
+    misclassified = f"/experiments/{created['id']}/misclassified"
+    wrong = client.get(misclassified).json()
+    assert wrong["experiment_id"] == created["id"]
+    assert wrong["total_misclassified"] == round(10_000 - test["accuracy"] * 10_000)
+    items = wrong["items"]
+    assert len(items) == min(25, wrong["total_misclassified"])
+    indices = [item["index"] for item in items]
+    assert indices == sorted(set(indices)) and indices[-1] < 10_000
+    for item in items:
+        assert item["true_label"] != item["predicted_label"]
+        assert item["true_label"] == dataset.test_labels[item["index"]]
+        assert item["true_class"] == test["per_class"][item["true_label"]]["name"]
+        assert item["predicted_class"] == test["per_class"][item["predicted_label"]]["name"]
+    most = client.get(misclassified, params={"limit": 100}).json()["items"]
+    assert most[:25] == items and len(most) == min(100, wrong["total_misclassified"])
+    for limit in (0, 101):
+        assert client.get(misclassified, params={"limit": limit}).status_code == 422
+        assert client.get(f"{misclassified}.png", params={"limit": limit}).status_code == 422
+    grid = client.get(f"{misclassified}.png", params={"limit": 9})
+    assert grid.status_code == 200 and grid.headers["content-type"] == "image/png"
+    assert grid.content.startswith(b"\x89PNG\r\n\x1a\n")
+    width, height = Image.open(io.BytesIO(grid.content)).size
+    assert 300 <= width <= 1000 and 300 <= height <= 1000
 
 
 @SQLITE_ONLY

@@ -38,6 +38,9 @@ def test_jax_trains_evaluates_saves_loads_and_predicts(settings, tmp_path, datas
         body = http.get(f"/experiments/{created['id']}").json()
         assert body["status"] == "succeeded", body
         assert body["backend"] == "jax"
+        record = body["reproducibility"]
+        assert (record["backend"], record["seed"], record["deterministic"]) == ("jax", 1, True)
+        assert record["backend_version"][0].isdigit()
         assert len(body["epochs"]) == 2 and body["test"]["accuracy"] > 0.5
 
         images = dataset.test_images[:20]

@@ -1,6 +1,8 @@
-"""The Fashion-MNIST loader: the IDX format and the order of places it looks."""
+"""The Fashion-MNIST loader: the IDX format, the order of places it looks, and the files'
+digests."""
 
 import gzip
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -74,3 +76,19 @@ def test_keras_cache_is_used_when_no_other_copy_exists(tmp_path, monkeypatch):
 def test_missing_files_make_a_directory_unusable(tmp_path):
     write_idx(tmp_path / FILES["train_images"], np.zeros((1, 28, 28), np.uint8))
     assert load_from_directory(tmp_path) is None
+
+
+def test_the_test_images_and_the_digests_come_from_the_files_the_data_set_was_read_from(
+    tmp_path,
+):
+    write_data_set(tmp_path, 4, value=3, gzipped=True)
+    loaded = load_from_directory(tmp_path)
+    assert {path.name for path in loaded.files} == {f"{stem}.gz" for stem in FILES.values()}
+    digests = datasets.data_digests(loaded)
+    labels = tmp_path / f"{FILES['test_labels']}.gz"
+    assert digests[labels.name] == hashlib.sha256(labels.read_bytes()).hexdigest()
+    datasets.load_test_images.cache_clear()
+    try:
+        assert np.array_equal(datasets.load_test_images(tmp_path), loaded.test_images)
+    finally:
+        datasets.load_test_images.cache_clear()

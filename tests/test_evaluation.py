@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from service.evaluation import confusion_matrix, per_class
+from service.evaluation import confusion_matrix, misclassified_count, per_class
 
 
 def test_the_matrix_counts_true_classes_by_row_and_predictions_by_column():
@@ -27,3 +27,8 @@ def test_precision_recall_and_accuracy_one_class_against_the_rest():
     assert pullover.precision == pytest.approx(1 / 2) and pullover.recall == 1.0
     # Never present and never predicted: no precision or recall, every image rightly "not it".
     assert (coat.precision, coat.recall, coat.accuracy) == (None, None, 1.0)
+
+
+def test_the_misclassified_count_is_everything_off_the_diagonal():
+    matrix = confusion_matrix(np.array([0, 0, 0, 1, 1, 2]), np.array([0, 0, 1, 1, 2, 2]))
+    assert misclassified_count(matrix) == 2

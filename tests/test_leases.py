@@ -1,5 +1,7 @@
 """What a claim holder writes: fenced by its claim, recovered once its lease expires."""
 
+from dataclasses import asdict
+
 from sqlalchemy import func, select
 
 from service import leases, queue
@@ -14,9 +16,11 @@ from service.models import (
 )
 from service.results import EpochResult, TrainingResult
 from tests.test_queue import claim, enqueue, expire_lease
+from tests.test_training_run import RECORD
 
 EPOCH = EpochResult(1, 0.5, 0.8, None, None, 1.0, 10.0)
 CONFUSION = [[1] * 10] * 10
+MISCLASSIFIED = [[0, 9, 5]]
 
 
 def test_writes_under_a_lost_claim_change_nothing(session_factory):
@@ -37,7 +41,9 @@ def test_writes_under_a_lost_claim_change_nothing(session_factory):
     )
     assert not leases.fail(session_factory, first, error="late")
     assert not leases.complete(
-        session_factory, first, TrainingResult(2, False, None, 0.4, 0.9, b"late model", CONFUSION)
+        session_factory,
+        first,
+        TrainingResult(2, False, None, 0.4, 0.9, b"late model", CONFUSION, MISCLASSIFIED),
     )
     with session_factory() as session:
         experiment = session.get(Experiment, experiment_id)
@@ -98,7 +104,9 @@ def test_cancel_during_the_test_evaluation_ends_cancelled_without_a_model(sessio
     with transaction(session_factory) as session:
         assert queue.request_cancel(session, experiment_id)
     final = leases.complete(
-        session_factory, running, TrainingResult(2, False, None, 0.4, 0.9, b"model", CONFUSION)
+        session_factory,
+        running,
+        TrainingResult(2, False, None, 0.4, 0.9, b"model", CONFUSION, MISCLASSIFIED),
     )
     assert final == ExperimentStatus.CANCELLED
     with session_factory() as session:
@@ -131,11 +139,16 @@ def test_an_attempt_lost_to_an_expired_lease_says_why(session_factory):
         assert "stopped sending heartbeats for 60 s" in attempt.error
 
 
-def test_start_training_records_the_device_backend_and_steps(session_factory):
+def test_start_training_records_the_device_backend_steps_and_reproducibility(session_factory):
     [experiment_id] = enqueue(session_factory)
     running = claim(session_factory)
     assert leases.start_training(
-        session_factory, running, device="CPU", backend="tensorflow", steps_per_epoch=10
+        session_factory,
+        running,
+        device="CPU",
+        backend="tensorflow",
+        steps_per_epoch=10,
+        reproducibility=RECORD,
     )
     with session_factory() as session:
         experiment = session.get(Experiment, experiment_id)
@@ -144,3 +157,4 @@ def test_start_training_records_the_device_backend_and_steps(session_factory):
             "tensorflow",
             10,
         )
+        assert experiment.reproducibility == asdict(RECORD)

@@ -1,8 +1,10 @@
 """Alembic owns the schema: the migrations build exactly what the ORM models describe."""
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from service.models import Base
 from tests.conftest import ROOT
@@ -26,4 +28,18 @@ def test_downgrade_to_base_removes_every_table(database_url):
     command.downgrade(config, "base")
     engine = create_engine(database_url)
     assert set(inspect(engine).get_table_names()) == {"alembic_version"}
+    engine.dispose()
+
+
+def test_status_check_admits_pruned_and_refuses_unknown_statuses(database_url):
+    """0006 widened the status CHECK to `pruned`; it must still refuse what no status is."""
+    engine = create_engine(database_url)
+    insert = (
+        "INSERT INTO experiments (status, spec, summary, requested_device, created_at, attempts,"
+        " stopped_early) VALUES (:status, '{}', '{}', 'cpu', CURRENT_TIMESTAMP, 0, false)"
+    )
+    with engine.begin() as connection:
+        connection.execute(text(insert), {"status": "pruned"})
+    with pytest.raises(IntegrityError), engine.begin() as connection:
+        connection.execute(text(insert), {"status": "exploded"})
     engine.dispose()

@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from types import SimpleNamespace
 
 import pytest
@@ -25,7 +25,7 @@ from service.ml.messages import (
     TrainerMessage,
 )
 from service.models import Attempt, Checkpoint, EpochMetric, Experiment, TrainedModel
-from service.results import EpochResult, TrainingResult
+from service.results import EpochResult, Reproducibility, TrainingResult
 from service.spec import ExperimentCreate
 from service.worker import TrainerCrashedError, TrainingWorker, training_run
 from tests.conftest import SQLITE_ONLY, TINY_SPEC
@@ -34,8 +34,19 @@ pytestmark = SQLITE_ONLY
 
 # A script that has not ended by then is waiting for something that will not happen.
 SCRIPT_TIMEOUT_SECONDS = 5.0
-STARTED = Started(device="CPU", backend="tensorflow", steps_per_epoch=10)
-MODEL = TrainingResult(2, False, None, 0.4, 0.9, b"PK model", [[1] * 10] * 10)
+RECORD = Reproducibility(
+    seed=7,
+    keras_version="3.0.0",
+    backend="tensorflow",
+    backend_version="2.16.0",
+    numpy_version="2.0.0",
+    python_version="3.11.0",
+    device_name="Some CPU",
+    data_sha256={"t10k-labels-idx1-ubyte.gz": "0" * 64},
+    deterministic=True,
+)
+STARTED = Started(device="CPU", backend="tensorflow", steps_per_epoch=10, reproducibility=RECORD)
+MODEL = TrainingResult(2, False, None, 0.4, 0.9, b"PK model", [[1] * 10] * 10, [[3, 1, 2]])
 
 
 def epoch(number: int) -> EpochFinished:
@@ -241,6 +252,8 @@ def test_success_stores_the_model_and_the_test_results(
     experiment = row(session_factory, experiment_id)
     assert experiment.status == "succeeded" and experiment.claim_token is None
     assert (experiment.test_loss, experiment.test_accuracy) == (0.4, 0.9)
+    assert experiment.test_misclassified == [[3, 1, 2]]
+    assert experiment.reproducibility == asdict(RECORD)
     assert experiment.stopped_early is False
     with session_factory() as session:
         assert session.get(TrainedModel, experiment_id).keras_file == b"PK model"

@@ -13,7 +13,7 @@ from fastapi_offline import FastAPIOffline
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.api import experiments, predict, workers
+from service.api import experiments, predict, studies, workers
 from service.api.database import POOL_SIZE, WRITE_SLOTS, Database
 from service.api.handlers import install_exception_handlers
 from service.api.heap import freeze_heap
@@ -79,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(experiments.router)
     app.include_router(predict.router)
+    app.include_router(studies.router)
     app.include_router(workers.router)
     install_exception_handlers(app)
     _add_middleware(app, settings)

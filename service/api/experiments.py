@@ -17,13 +17,16 @@ from service.api.presenters import (
     QueueState,
     experiment_list_item,
     experiment_read,
+    misclassified_read,
     new_experiment_read,
     queue_state,
 )
 from service.api.security import CallerDep, authenticate
+from service.datasets import load_test_images
 from service.models import Experiment, ExperimentStatus, TrainedModel
-from service.plots import confusion_matrix_png, learning_curve_png
-from service.schemas import MAX_DATABASE_ID, ExperimentPage, ExperimentRead
+from service.plots import confusion_matrix_png, learning_curve_png, misclassified_png
+from service.results import MISCLASSIFIED_KEPT
+from service.schemas import MAX_DATABASE_ID, ExperimentPage, ExperimentRead, MisclassifiedRead
 from service.serving.resolver import ExperimentNotFoundError
 from service.settings import Settings
 from service.spec import ExperimentCreate
@@ -42,6 +45,9 @@ MAX_PAGE_SIZE = 100
 QUEUE_FULL_RETRY_AFTER_SECONDS = 30
 
 ExperimentId = Annotated[int, Path(ge=1, le=MAX_DATABASE_ID)]
+MisclassifiedLimit = Annotated[
+    int, Query(ge=1, le=MISCLASSIFIED_KEPT, description="how many, in test-set order")
+]
 
 
 def get_experiment_or_404(session: Session, experiment_id: int) -> Experiment:
@@ -127,11 +133,15 @@ async def _queue_state_if_free(
 async def list_experiments(
     database: DatabaseDep,
     status_filter: Annotated[ExperimentStatus | None, Query(alias="status")] = None,
+    study_id: Annotated[int | None, Query(ge=1, le=MAX_DATABASE_ID)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 20,
     offset: Annotated[int, Query(ge=0, le=MAX_DATABASE_ID)] = 0,
 ) -> ExperimentPage:
-    """Experiments, newest first, with the columns people compare."""
+    """Experiments, newest first, with the columns people compare; `study_id` keeps one
+    study's."""
     conditions = [Experiment.status == status_filter] if status_filter else []
+    if study_id is not None:
+        conditions.append(Experiment.study_id == study_id)
 
     def page(session: Session) -> ExperimentPage:
         total = session.scalar(select(func.count()).select_from(Experiment).where(*conditions))
@@ -232,6 +242,59 @@ async def get_confusion_matrix(experiment_id: ExperimentId, database: DatabaseDe
     title = f"experiment {experiment.id}: test accuracy {experiment.test_accuracy:.4f}"
     png = await run_in_threadpool(confusion_matrix_png, title, experiment.test_confusion)
     return Response(png, media_type="image/png")
+
+
+def _misclassified_or_409(experiment: Experiment) -> tuple[list[list[int]], list[list[int]]]:
+    """The run's confusion matrix and first misclassified images, or a 409 until it has
+    succeeded (or when it succeeded before they were recorded)."""
+    if experiment.test_confusion is None or experiment.test_misclassified is None:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"experiment {experiment.id} has no misclassified test images on record "
+            f"(status {experiment.status})",
+        )
+    return experiment.test_confusion, experiment.test_misclassified
+
+
+@router.get(
+    "/{experiment_id}/misclassified",
+    response_model=MisclassifiedRead,
+    responses=error_responses(404, 409, 422),
+)
+async def get_misclassified(
+    experiment_id: ExperimentId, database: DatabaseDep, limit: MisclassifiedLimit = 25
+) -> MisclassifiedRead:
+    """The first test images the model got wrong, with true and predicted class; 409 until
+    the experiment has succeeded."""
+    experiment = await database.read(lambda session: get_experiment_or_404(session, experiment_id))
+    confusion, misclassified = _misclassified_or_409(experiment)
+    return misclassified_read(experiment_id, confusion, misclassified, limit)
+
+
+@router.get(
+    "/{experiment_id}/misclassified.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, **error_responses(404, 409, 422)},
+)
+async def get_misclassified_png(
+    experiment_id: ExperimentId,
+    database: DatabaseDep,
+    settings: SettingsDep,
+    limit: MisclassifiedLimit = 25,
+) -> Response:
+    """The first test images the model got wrong, captioned "true → predicted", as a PNG;
+    409 until the experiment has succeeded."""
+    experiment = await database.read(lambda session: get_experiment_or_404(session, experiment_id))
+    _, misclassified = _misclassified_or_409(experiment)
+    title = f"experiment {experiment.id}: misclassified test images"
+
+    def draw() -> bytes:
+        # The first call reads the test images from disk; later ones find them cached.
+        return misclassified_png(
+            title, load_test_images(settings.fashion_mnist_dir), misclassified[:limit]
+        )
+
+    return Response(await run_in_threadpool(draw), media_type="image/png")
 
 
 @router.get(

@@ -1,11 +1,13 @@
 """The one conversion from ORM rows to the API's response models."""
 
+import json
 from dataclasses import asdict, dataclass
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.evaluation import per_class
+from service.datasets import CLASS_NAMES
+from service.evaluation import misclassified_count, per_class
 from service.models import Experiment, ExperimentStatus, TrainedModel, Worker
 from service.queue import CLAIMABLE_DEVICES
 from service.registry import alive_condition
@@ -15,8 +17,12 @@ from service.schemas import (
     EpochRead,
     ExperimentListItem,
     ExperimentRead,
+    MisclassifiedImageRead,
+    MisclassifiedRead,
     ModelFileRead,
     ProgressRead,
+    ReproducibilityRead,
+    StudyCellRead,
     TestResultRead,
 )
 from service.spec import ExperimentSpec
@@ -132,6 +138,10 @@ def _read(
         finished_at=experiment.finished_at,
         device=experiment.device,
         backend=experiment.backend,
+        study=_study_cell(experiment),
+        reproducibility=ReproducibilityRead.model_validate(experiment.reproducibility)
+        if experiment.reproducibility is not None
+        else None,
         attempts=attempts,
         queue_position=state.position,
         waiting_reason=state.waiting_reason,
@@ -147,6 +157,16 @@ def _read(
     )
 
 
+def _study_cell(experiment: Experiment) -> StudyCellRead | None:
+    if experiment.study_id is None or experiment.variant is None or experiment.repeat is None:
+        return None
+    return StudyCellRead(
+        study_id=experiment.study_id,
+        variant=json.loads(experiment.variant),
+        repeat=experiment.repeat,
+    )
+
+
 def _test_result(experiment: Experiment) -> TestResultRead:
     matrix = experiment.test_confusion
     return TestResultRead(
@@ -154,6 +174,27 @@ def _test_result(experiment: Experiment) -> TestResultRead:
         accuracy=experiment.test_accuracy,
         confusion_matrix=matrix,
         per_class=[ClassResultRead(**asdict(row)) for row in per_class(matrix)] if matrix else None,
+    )
+
+
+def misclassified_read(
+    experiment_id: int, confusion: list[list[int]], misclassified: list[list[int]], limit: int
+) -> MisclassifiedRead:
+    """The first `limit` test images a run got wrong, with their classes' names, and how many
+    it got wrong in all."""
+    return MisclassifiedRead(
+        experiment_id=experiment_id,
+        total_misclassified=misclassified_count(confusion),
+        items=[
+            MisclassifiedImageRead(
+                index=index,
+                true_label=true,
+                true_class=CLASS_NAMES[true],
+                predicted_label=predicted,
+                predicted_class=CLASS_NAMES[predicted],
+            )
+            for index, true, predicted in misclassified[:limit]
+        ],
     )
 
 
@@ -172,6 +213,9 @@ def experiment_list_item(experiment: Experiment) -> ExperimentListItem:
         flatten_size=experiment.summary["flatten_size"],
         device=experiment.device,
         backend=experiment.backend,
+        study_id=experiment.study_id,
+        variant=json.loads(experiment.variant) if experiment.variant is not None else None,
+        repeat=experiment.repeat,
         epochs_run=len(epochs),
         seconds_per_epoch=sum(e.seconds for e in epochs) / len(epochs) if epochs else None,
         final_accuracy=epochs[-1].accuracy if epochs else None,

@@ -1,6 +1,13 @@
-"""The Keras backend beneath the models: its name, its GPUs, and forgetting finished runs."""
+"""The Keras backend beneath the models: its name, version and GPUs, the CPU's name, the
+determinism switch, and forgetting finished runs."""
+
+import importlib
+import platform
+from pathlib import Path
 
 import keras
+
+CPU_INFO = Path("/proc/cpuinfo")
 
 
 def backend_name() -> str:
@@ -27,6 +34,50 @@ def available_gpus() -> list[str]:
 
         return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return []
+
+
+def backend_version() -> str:
+    """The version of the library beneath Keras, e.g. '2.21.0' for TensorFlow."""
+    return importlib.import_module(backend_name()).__version__
+
+
+def device_name(kind: str) -> str:
+    """What ran the training: the GPU's name, or the CPU's model."""
+    gpus = available_gpus() if kind == "gpu" else []
+    return gpus[0] if gpus else cpu_name()
+
+
+def cpu_name() -> str:
+    """The CPU's model as Linux names it, else as the platform module does."""
+    try:
+        for line in CPU_INFO.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def set_determinism(enabled: bool) -> None:
+    """Make the backend's kernels pick deterministic algorithms for this run, or not.
+
+    TensorFlow's op determinism has no public switch back, so once a seeded run turns it on
+    it stays on for the rest of this training process: later runs here get deterministic
+    kernels too, a little slower, until the worker renews the process. That is acceptable;
+    a private switch back would not be. PyTorch's switch is turned off again, because a later
+    GPU run in the same process would fail on CUDA kernels with no deterministic form. JAX on
+    the CPU is deterministic without a switch.
+    """
+    backend = backend_name()
+    if backend == "tensorflow" and enabled:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    elif backend == "torch":
+        import torch
+
+        torch.use_deterministic_algorithms(enabled)
 
 
 def describe_device(kind: str) -> str:

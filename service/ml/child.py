@@ -105,6 +105,7 @@ class _Trainer:
         from service.datasets import load_fashion_mnist
         from service.ml.backend import backend_name, clear_backend_state, describe_device
         from service.ml.fit import TrainingInterrupted, train, training_count
+        from service.ml.reproducibility import prepare_run
 
         spec, flags = request.spec, self.flags
         flags.refresh()  # The worker cleared the events just before sending this run.
@@ -112,10 +113,13 @@ class _Trainer:
             # Cached per process: loaded by the first run only.
             dataset = load_fashion_mnist(self.fashion_mnist_dir)
             steps = spec.steps_per_epoch(training_count(spec, dataset))
-            self.connection.send(Started(describe_device(request.device), backend_name(), steps))
+            record = prepare_run(spec, dataset, request.device)
+            device = describe_device(request.device)
+            self.connection.send(Started(device, backend_name(), steps, record))
             result = train(
                 spec,
                 dataset,
+                seed=record.seed,
                 device=request.device,
                 send_epoch=self.connection.send,
                 progress=self.progress,

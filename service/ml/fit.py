@@ -21,7 +21,7 @@ from service.ml.callbacks import (
 )
 from service.ml.messages import EpochFinished
 from service.ml.model import build_model, load_model_bytes, save_model_bytes
-from service.results import ResumePoint, TrainingResult
+from service.results import MISCLASSIFIED_KEPT, ResumePoint, TrainingResult
 from service.spec import ExperimentSpec
 
 EVALUATE_BATCH_SIZE = 512
@@ -49,6 +49,7 @@ def train(
     spec: ExperimentSpec,
     dataset: FashionMNIST,
     *,
+    seed: int,
     device: str,
     send_epoch: Callable[[EpochFinished], None],
     progress: tuple[Counter, Counter],
@@ -58,15 +59,18 @@ def train(
 ) -> TrainingResult:
     """Train, evaluate on the test set and return the saved `.keras` file.
 
-    `send_epoch` gets every whole epoch with its checkpoint; `progress` is the (epoch, step)
-    pair to publish where training is. `resume` is an earlier attempt's last finished epoch
-    and checkpoint: training continues from there, with the optimizer state it had. Raises
-    TrainingInterrupted when `stop_now` turns true (checked between batches) or
-    `stop_after_epoch` does (checked at each epoch's end).
+    `seed` seeds the weights and the shuffling; `send_epoch` gets every whole epoch with its
+    checkpoint; `progress` is the (epoch, step) pair to publish where training is. `resume` is
+    an earlier attempt's last finished epoch and checkpoint: training continues from there,
+    with the optimizer state it had. Raises TrainingInterrupted when `stop_now` turns true
+    (checked between batches) or `stop_after_epoch` does (checked at each epoch's end).
     """
     initial_epoch = resume.epoch if resume else 0
-    if spec.seed is not None:
-        keras.utils.set_random_seed(spec.seed + initial_epoch)
+    # Python's, NumPy's and the backend's generators, and Keras's own: the initial weights and
+    # each epoch's shuffle (tf.random or NumPy, by backend) follow from it. The validation
+    # split needs none: it is the last share of the images, before shuffling. A resumed run
+    # moves the seed on by its epoch, so it does not replay the first epochs' shuffles.
+    keras.utils.set_random_seed(seed + initial_epoch)
     images, labels = training_arrays(spec, dataset)
     steps = spec.steps_per_epoch(len(images))
     interruption = Interruption(stop_now, stop_after_epoch, spec.epochs)
@@ -104,6 +108,7 @@ def train(
         test_loss=test.loss,
         test_accuracy=test.accuracy,
         confusion_matrix=test.confusion_matrix,
+        misclassified=test.misclassified,
         keras_file=save_model_bytes(model),
     )
 
@@ -113,11 +118,13 @@ class TestEvaluation:
     loss: float
     accuracy: float
     confusion_matrix: list[list[int]]
+    misclassified: list[list[int]]
 
 
 def evaluate(model: keras.Model, dataset: FashionMNIST) -> TestEvaluation:
-    """Loss, accuracy and the confusion matrix on the test set, from one pass over it: the
-    accuracy is the matrix's trace over its total, as `model.evaluate` would count it."""
+    """Loss, accuracy, the confusion matrix and the first misclassified images on the test
+    set, from one pass over it: the accuracy is the matrix's trace over its total, as
+    `model.evaluate` would count it."""
     labels = dataset.test_labels
     probabilities = model.predict(
         to_model_input(dataset.test_images), batch_size=EVALUATE_BATCH_SIZE, verbose=0
@@ -125,8 +132,10 @@ def evaluate(model: keras.Model, dataset: FashionMNIST) -> TestEvaluation:
     # The loss the model was compiled with, averaged over the images as `evaluate` does.
     losses = keras.losses.sparse_categorical_crossentropy(labels, probabilities)
     predicted = np.argmax(probabilities, axis=1)
+    wrong = np.flatnonzero(predicted != labels)[:MISCLASSIFIED_KEPT]
     return TestEvaluation(
         loss=float(np.mean(keras.ops.convert_to_numpy(losses))),
         accuracy=float(np.mean(predicted == labels)),
         confusion_matrix=confusion_matrix(labels, predicted),
+        misclassified=[[int(i), int(labels[i]), int(predicted[i])] for i in wrong],
     )

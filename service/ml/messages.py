@@ -6,7 +6,7 @@ spec travels as the validated `ExperimentSpec`: the pipe pickles it and nothing 
 
 from dataclasses import dataclass
 
-from service.results import EpochResult, ResumePoint, TrainingResult
+from service.results import EpochResult, Reproducibility, ResumePoint, TrainingResult
 from service.spec import ExperimentSpec
 
 # Worker → child.
@@ -38,11 +38,13 @@ class Ready:
 
 @dataclass(frozen=True)
 class Started:
-    """Training began: the device label, the Keras backend, the steps in each epoch."""
+    """Training began: the device label, the Keras backend, the steps in each epoch, and what
+    it takes to train the run again."""
 
     device: str
     backend: str
     steps_per_epoch: int
+    reproducibility: Reproducibility
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,12 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import leases, registry
+from service.db import transaction
 from service.leases import HeartbeatReply
 from service.models import ExperimentStatus
 from service.queue import Claim
-from service.results import EpochResult, ResumePoint, TrainingResult
+from service.results import EpochResult, Reproducibility, ResumePoint, TrainingResult
+from service.studies.pruning import prune_reason
 
 logger = logging.getLogger(__name__)
 
@@ -53,13 +55,16 @@ class ClaimedRun:
         """An earlier attempt's last finished epoch and its model, to resume from."""
         return self._retry(leases.load_checkpoint, self.claim)
 
-    def start_training(self, *, device: str, backend: str, steps_per_epoch: int) -> bool:
+    def start_training(
+        self, *, device: str, backend: str, steps_per_epoch: int, reproducibility: Reproducibility
+    ) -> bool:
         return self._retry(
             leases.start_training,
             self.claim,
             device=device,
             backend=backend,
             steps_per_epoch=steps_per_epoch,
+            reproducibility=reproducibility,
         )
 
     def heartbeat(self, *, epoch: int, step: int) -> HeartbeatReply:
@@ -81,6 +86,13 @@ class ClaimedRun:
     def finish_cancelled(self) -> bool:
         return self._retry(leases.finish_cancelled, self.claim)
 
+    def prune_reason(self, result: EpochResult) -> str | None:
+        """Why its study's pruning rule stops it after this epoch; None to train on."""
+        return self._retry(_prune_reason, self.experiment_id, result)
+
+    def finish_pruned(self, reason: str) -> bool:
+        return self._retry(leases.finish_pruned, self.claim, reason=reason)
+
     def release(self, error: str | None = None) -> bool:
         """Back to the queue without spending the attempt."""
         return self._retry(leases.release, self.claim, error=error)
@@ -99,3 +111,10 @@ class ClaimedRun:
                     raise DatabaseLostError(f"database unreachable: {error.orig}") from error
                 logger.warning("database unavailable, retrying: %s", error.orig)
                 time.sleep(DATABASE_RETRY_SECONDS)
+
+
+def _prune_reason(
+    session_factory: sessionmaker[Session], experiment_id: int, result: EpochResult
+) -> str | None:
+    with transaction(session_factory) as session:
+        return prune_reason(session, experiment_id, result)

@@ -44,6 +44,8 @@ class TrainingRun:
         self.deadline = time.monotonic() + settings.max_run_seconds
         self.lease_lost = False
         self.cancelling = False
+        # Why the study's pruning rule stopped it, once it has.
+        self.pruned: str | None = None
         self.overdue = False
         self.kill_at: float | None = None
         self.grace_deadline: float | None = None
@@ -97,14 +99,20 @@ class TrainingRun:
             device=started.device,
             backend=started.backend,
             steps_per_epoch=started.steps_per_epoch,
+            reproducibility=started.reproducibility,
         ):
             self._lose_lease()
 
     def _on_epoch_finished(self, finished: EpochFinished) -> None:
-        if not self.lease_lost and not self.claimed.record_epoch(
-            finished.result, finished.checkpoint
-        ):
+        if self.lease_lost:
+            return
+        if not self.claimed.record_epoch(finished.result, finished.checkpoint):
             self._lose_lease()
+        elif self.pruned is None and not self.cancelling:
+            self.pruned = self.claimed.prune_reason(finished.result)
+            if self.pruned is not None:
+                logger.info("experiment %s: %s", self.experiment_id, self.pruned)
+                self.trainer.stop_now.set()
 
     def _on_done(self, done: Done) -> None:
         if not self.lease_lost:
@@ -123,6 +131,8 @@ class TrainingRun:
         elif self.cancelling:
             self.claimed.finish_cancelled()
             logger.info("experiment %s cancelled", self.experiment_id)
+        elif self.pruned is not None:
+            self.claimed.finish_pruned(self.pruned)
         elif self.overdue:
             error = f"ran past MAX_RUN_SECONDS ({self.settings.max_run_seconds:g} s)"
             self.claimed.fail(error)

@@ -1,0 +1,1 @@
+"""Studies: many experiments submitted as one comparison, and the evidence read back from them."""

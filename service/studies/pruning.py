@@ -1,0 +1,62 @@
+"""The median stopping rule (Optuna's MedianPruner, Ray Tune's MedianStoppingRule), read from
+the study's committed epoch rows: the worker asks after each epoch whether to stop."""
+
+import statistics
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, aliased
+
+from service.models import EpochMetric, Experiment, ExperimentStatus, Study
+from service.results import EpochResult
+
+
+def prune_reason(session: Session, experiment_id: int, result: EpochResult) -> str | None:
+    """Why the experiment should stop after this epoch, or None to let it train on.
+
+    It stops when its study prunes, the epoch is at or past `after_epoch`, and its metric is
+    below the median, at the same epoch, of the study's succeeded experiments of other
+    variants (at least `min_finished` of them). Its own variant's repeats differ only by seed:
+    comparing with them would prune half of even the best variant's runs.
+    """
+    experiment = session.get(Experiment, experiment_id)
+    if experiment is None or experiment.study_id is None:
+        return None
+    study = session.get(Study, experiment.study_id)
+    rule = study.prune if study is not None else None
+    if not rule or result.epoch < rule["after_epoch"]:
+        return None
+    value = getattr(result, rule["metric"])
+    if value is None:
+        return None
+    others = _others_at_epoch(session, experiment, rule["metric"], result.epoch)
+    if len(others) < rule["min_finished"]:
+        return None
+    median = statistics.median(others)
+    if value >= median:
+        return None
+    return (
+        f"pruned after epoch {result.epoch}: {rule['metric']} {value:.4f} is below "
+        f"{median:.4f}, the median at that epoch of the {len(others)} succeeded experiments "
+        "of other variants in its study (median stopping rule)"
+    )
+
+
+def _others_at_epoch(
+    session: Session, experiment: Experiment, metric: str, epoch: int
+) -> list[float]:
+    other = aliased(Experiment)
+    column = getattr(EpochMetric, metric)
+    return [
+        value
+        for value in session.scalars(
+            select(column)
+            .join(other, other.id == EpochMetric.experiment_id)
+            .where(
+                other.study_id == experiment.study_id,
+                other.status == ExperimentStatus.SUCCEEDED,
+                other.variant != experiment.variant,
+                EpochMetric.epoch == epoch,
+            )
+        )
+        if value is not None
+    ]

@@ -220,14 +220,18 @@ def finish_cancelled(session_factory: sessionmaker[Session], claim: Claim) -> bo
 def finish_pruned(session_factory: sessionmaker[Session], claim: Claim, *, reason: str) -> bool:
     """Stopped by its study's pruning rule; keeps its epochs, has no test result or model."""
     with transaction(session_factory) as session:
-        return _finish(
+        if not _finish(
             session,
             claim,
             ExperimentStatus.PRUNED,
             AttemptOutcome.PRUNED,
             stopped_early=True,
             stop_reason=reason,
-        )
+        ):
+            return False
+        # Never resumed: its checkpoint would only hold a model's worth of bytes forever.
+        session.execute(delete(Checkpoint).where(Checkpoint.experiment_id == claim.experiment_id))
+        return True
 
 
 def _requeue_values() -> dict[str, Any]:

@@ -145,7 +145,7 @@ class Experiment(Base):
         ForeignKey("studies.id", ondelete="CASCADE"), index=True
     )
     # The study cell's varied fields as canonical JSON, e.g. {"conv_layers":2,"filters":32}.
-    variant: Mapped[str | None] = mapped_column(String(1000))
+    variant: Mapped[str | None] = mapped_column(Text)
     repeat: Mapped[int | None] = mapped_column(Integer)
 
     progress_epoch: Mapped[int | None] = mapped_column(Integer)

@@ -43,6 +43,11 @@ def counts(client) -> tuple[int, int]:
         ({"grid": {"bogus": [1]}}, ["grid: 'bogus' cannot be set here", "conv_layers"]),
         ({"variants": [{"device": "gpu"}]}, ["variants[0]: 'device'", "`devices`"]),
         ({"devices": ["cpu", "cpu"]}, ["devices lists a device twice"]),
+        (
+            {"variants": [{"filters": 16}], "grid": {"filters": [32, 64]}},
+            ["variants[0] sets filters, which the grid varies"],
+        ),
+        ({"grid": {"filters": [8, 8]}}, ['cell {"filters":8} on auto', "appears twice"]),
         ({"repeats": 11}, ["repeats"]),
         (
             {"grid": {"filters": list(range(1, 51)), "epochs": [1, 2]}, "repeats": 6},
@@ -137,10 +142,21 @@ def test_racing_posts_with_one_key_make_one_study(client):
 
 
 def test_a_study_over_the_queue_limit_is_refused_whole(settings):
-    with TestClient(create_app(settings.model_copy(update={"max_queued": 7}))) as client:
+    with TestClient(create_app(settings.model_copy(update={"max_queued": 10}))) as client:
+        for _ in range(3):
+            client.post("/experiments", json=TINY_SPEC)
         response = client.post("/studies", json=GRID_STUDY)
         assert response.status_code == 429
+        assert "3 of your experiments" in response.json()["detail"]
         assert "this request adds 8" in response.json()["detail"]
+        assert counts(client) == (0, 3)
+
+
+def test_a_study_that_could_never_fit_the_queue_limit_is_a_422_not_a_429(settings):
+    with TestClient(create_app(settings.model_copy(update={"max_queued": 7}))) as client:
+        response = client.post("/studies", json=GRID_STUDY)
+        assert response.status_code == 422
+        assert "8 experiments, more than the 7" in response.json()["detail"]
         assert counts(client) == (0, 0)
 
 

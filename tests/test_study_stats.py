@@ -211,6 +211,7 @@ def test_variants_keep_input_order_split_by_device_and_exclude_failed_runs():
         make_run({"filters": 32}, accuracy=0.85),
         make_run({"filters": 64}, accuracy=0.92),
         make_run({"filters": 64}, status="failed", accuracy=0.10, seconds=(50.0, 50.0)),
+        make_run({"filters": 64}, status="pruned", accuracy=None, seconds=(9.0,)),
         make_run({"filters": 64}, device="gpu", accuracy=0.91),
     ]
     variants = summarize_variants(runs)
@@ -220,7 +221,7 @@ def test_variants_keep_input_order_split_by_device_and_exclude_failed_runs():
         ({"filters": 64}, "gpu"),
     ]
     first = variants[0]
-    assert first.runs == 2
+    assert (first.runs, first.failed, first.pruned) == (2, 1, 1)
     assert first.test_accuracy.mean == pytest.approx(0.91)
     assert first.test_accuracy.n == 2
     # Both succeeded runs took 2 + 1 + 1 seconds; the failed run's 100 seconds stay out.
@@ -250,6 +251,8 @@ def summary(name: str, accuracy: float | None, total_params: int, seconds: float
         flatten_size=0,
         activation_bytes_per_batch=0,
         runs=1,
+        pruned=0,
+        failed=0,
         test_accuracy=point(accuracy),
         test_loss=None,
         seconds_per_epoch=None,

@@ -49,7 +49,7 @@ def upgrade() -> None:
         )
         batch.add_column(sa.Column("reproducibility", sa.JSON(), nullable=True))
         batch.add_column(sa.Column("study_id", sa.Integer(), nullable=True))
-        batch.add_column(sa.Column("variant", sa.String(length=1000), nullable=True))
+        batch.add_column(sa.Column("variant", sa.Text(), nullable=True))
         batch.add_column(sa.Column("repeat", sa.Integer(), nullable=True))
         batch.add_column(sa.Column("test_misclassified", sa.JSON(), nullable=True))
         batch.create_index("ix_experiments_study_id", ["study_id"], unique=False)

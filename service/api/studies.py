@@ -61,6 +61,13 @@ def checked_cells(payload: StudyCreate, settings: Settings) -> list[Cell]:
         cells = expand(payload)
     except CellError as error:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(error)) from None
+    if len(cells) > settings.max_queued:
+        # A 429 would invite a retry that can never succeed.
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"the study has {len(cells)} experiments, more than the {settings.max_queued} "
+            "one API key may have queued at once (MAX_QUEUED): split it into smaller studies",
+        )
     for cell in cells:
         steps = cell.spec.training_steps()
         if steps > settings.max_training_steps:

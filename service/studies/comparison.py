@@ -33,6 +33,10 @@ class VariantSummary:
     flatten_size: int
     activation_bytes_per_batch: int
     runs: int
+    # Repeats that did not succeed: the statistics leave them out, so a variant whose weak
+    # seeds were pruned shows its luckier ones only; these say how many.
+    pruned: int
+    failed: int
     test_accuracy: Estimate | None
     test_loss: Estimate | None
     seconds_per_epoch: Estimate | None
@@ -112,6 +116,8 @@ def summarize(runs: Sequence[StudyRun]) -> VariantSummary:
         flatten_size=first.flatten_size,
         activation_bytes_per_batch=first.activation_bytes_per_batch,
         runs=len(succeeded),
+        pruned=sum(run.status == "pruned" for run in runs),
+        failed=sum(run.status == "failed" for run in runs),
         test_accuracy=over(lambda run: run.test_accuracy),
         test_loss=over(lambda run: run.test_loss),
         seconds_per_epoch=over(stats.steady_seconds_per_epoch),

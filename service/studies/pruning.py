@@ -3,7 +3,7 @@ the study's committed epoch rows: the worker asks after each epoch whether to st
 
 import statistics
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
 from service.models import EpochMetric, Experiment, ExperimentStatus, Study
@@ -16,10 +16,12 @@ def prune_reason(session: Session, experiment_id: int, result: EpochResult) -> s
     It stops when its study prunes, the epoch is at or past `after_epoch`, and its metric is
     below the median, at the same epoch, of the study's succeeded experiments of other
     variants (at least `min_finished` of them). Its own variant's repeats differ only by seed:
-    comparing with them would prune half of even the best variant's runs.
+    comparing with them would prune half of even the best variant's runs. Never pruned: a
+    variant's first repeat (every variant gets one whole run to be judged by), and the
+    repeats of the variant leading the study so far (the best mean test accuracy).
     """
     experiment = session.get(Experiment, experiment_id)
-    if experiment is None or experiment.study_id is None:
+    if experiment is None or experiment.study_id is None or not experiment.repeat:
         return None
     study = session.get(Study, experiment.study_id)
     rule = study.prune if study is not None else None
@@ -32,13 +34,29 @@ def prune_reason(session: Session, experiment_id: int, result: EpochResult) -> s
     if len(others) < rule["min_finished"]:
         return None
     median = statistics.median(others)
-    if value >= median:
+    if value >= median or _leads(session, experiment):
         return None
     return (
         f"pruned after epoch {result.epoch}: {rule['metric']} {value:.4f} is below "
         f"{median:.4f}, the median at that epoch of the {len(others)} succeeded experiments "
         "of other variants in its study (median stopping rule)"
     )
+
+
+def _leads(session: Session, experiment: Experiment) -> bool:
+    """Whether its variant has the best mean test accuracy of the study's succeeded runs."""
+    means = dict(
+        session.execute(
+            select(Experiment.variant, func.avg(Experiment.test_accuracy))
+            .where(
+                Experiment.study_id == experiment.study_id,
+                Experiment.status == ExperimentStatus.SUCCEEDED,
+            )
+            .group_by(Experiment.variant)
+        ).all()
+    )
+    own = means.get(experiment.variant)
+    return own is not None and own >= max(means.values())
 
 
 def _others_at_epoch(

@@ -32,13 +32,14 @@ class PruneRule(StrictModel):
     rule: Literal["median"] = "median"
     metric: Literal["accuracy", "val_accuracy"] = "accuracy"
     after_epoch: Annotated[int, Field(strict=True, ge=1, le=MAX_EPOCHS)] = 1
-    # Finished experiments the median needs before it prunes anything.
-    min_finished: Annotated[int, Field(strict=True, ge=1, le=MAX_STUDY_EXPERIMENTS)] = 1
+    # Succeeded experiments of other variants the median needs before it prunes anything (Ray
+    # Tune's min_samples_required).
+    min_finished: Annotated[int, Field(strict=True, ge=1, le=MAX_STUDY_EXPERIMENTS)] = 3
 
 
 class StudyCreate(StrictModel):
     name: str = Field(min_length=1, max_length=200)
-    base: PartialSpec = Field(
+    base: Annotated[dict[str, Any], Field(max_length=len(VARIABLE_FIELDS) + 1)] = Field(
         default_factory=dict, description="an experiment spec, as POST /experiments takes"
     )
     grid: Annotated[
@@ -63,6 +64,13 @@ class StudyCreate(StrictModel):
             _check_variable(where, fields, allow_device=where == "base")
         if self.devices is not None and len(set(self.devices)) != len(self.devices):
             raise ValueError("devices lists a device twice")
+        for index, variant in enumerate(self.variants):
+            crossed = sorted(set(variant) & set(self.grid))
+            if crossed:
+                raise ValueError(
+                    f"variants[{index}] sets {', '.join(crossed)}, which the grid varies: the "
+                    "grid's values would replace the variant's; vary a field in one place"
+                )
         return self
 
     def varied(self) -> list[str]:
@@ -132,6 +140,10 @@ def expand(study: StudyCreate) -> list[Cell]:
     bodies = [(body, {name: body.get(name, defaults[name]) for name in varied}) for body in merged]
     specs = {}
     for (body, params), device in itertools.product(bodies, study.device_list()):
+        if (variant_key(params), device) in specs:
+            raise CellError(
+                params, device, "this cell appears twice: a variant or grid value is repeated"
+            )
         specs[variant_key(params), device] = (params, _validate(study, body, params, device))
     return [
         Cell(

@@ -52,9 +52,13 @@ def scoped_key(owner: str | None, idempotency_key: str) -> str:
 
 
 def study_for_key(session: Session, owner: str | None, idempotency_key: str) -> Study | None:
-    return session.scalar(
-        select(Study).where(Study.idempotency_key == scoped_key(owner, idempotency_key))
-    )
+    """The study an earlier POST with this key made. On PostgreSQL a POST racing it with the
+    same key waits here, under a lock on the key, until that one commits, and then finds its
+    study (SQLite's BEGIN IMMEDIATE already serializes writers)."""
+    scoped = scoped_key(owner, idempotency_key)
+    if dialect_of(session) == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(func.hashtext(scoped))))
+    return session.scalar(select(Study).where(Study.idempotency_key == scoped))
 
 
 def status_counts(session: Session, study_id: int) -> dict[str, int]:

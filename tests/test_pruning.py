@@ -13,8 +13,8 @@ def test_a_clearly_worse_variant_is_pruned_and_the_best_never_is(client, drain):
         "/studies",
         json={
             "name": "pruned",
-            "base": {**BASE, "epochs": 3, "train_samples": 1000},
-            # A learning rate 10,000 times smaller barely moves from chance in three epochs.
+            "base": {**BASE, "epochs": 2, "train_samples": 640},
+            # A learning rate 10,000 times smaller barely moves from chance in two epochs.
             "variants": [{"learning_rate": 0.003}, {"learning_rate": 3e-7}],
             "repeats": 3,
             "prune": {"rule": "median", "metric": "accuracy", "after_epoch": 1, "min_finished": 1},

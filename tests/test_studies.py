@@ -18,7 +18,7 @@ from tests.test_worker import start_worker
 BASE = {key: value for key, value in TINY_SPEC.items() if key != "seed"}
 GRID_STUDY = {
     "name": "filters and depth",
-    "base": {**BASE, "epochs": 2, "train_samples": 300},
+    "base": {**BASE, "epochs": 2, "train_samples": 128},
     "grid": {"filters": [4, 8], "conv_layers": [1, 2]},
     "repeats": 2,
 }

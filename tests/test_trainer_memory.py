@@ -1,6 +1,5 @@
 """The training process lives across experiments: its memory must not grow with each one."""
 
-import statistics
 from collections.abc import Iterator
 
 import pytest
@@ -52,9 +51,12 @@ def test_memory_of_the_training_process_stays_flat_over_30_experiments(trainer):
         last = run_to_the_end(trainer, spec)
         assert isinstance(last, Done), last
         resident.append(trainer.memory_bytes())
-    # Medians of five: one reading swings by tens of MB as arenas are trimmed and refilled.
-    settled = statistics.median(resident[WARM_UP : WARM_UP + WINDOW])
-    growth = statistics.median(resident[-WINDOW:]) - settled
+    # The highest of five readings: one reading dips by tens of MB when the allocator trims
+    # its arenas and climbs back when it refills them, so a median of five moved by 100 MB
+    # when a refill fell between the windows (CI, 2026-11-27: 1048 → 1163 MB, though the
+    # process grew 1.7 MB an experiment); the high-water mark moves only with what is held.
+    settled = max(resident[WARM_UP : WARM_UP + WINDOW])
+    growth = max(resident[-WINDOW:]) - settled
     assert growth < ALLOWED_GROWTH_BYTES, (
         f"the training process grew by {growth / MIB:.0f} MiB after warming up: "
         f"{[round(value / MIB) for value in resident]}"

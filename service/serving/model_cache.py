@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.architecture import FLOAT_BYTES, IMAGE_SIZE
-from service.ml.model import load_model_bytes
 
 
 @dataclass
@@ -59,6 +58,10 @@ class ModelCache:
                 cached = self._models.get(experiment_id)
                 if cached is not None and cached.sha256 == sha256:
                     return cached
+            # Imported at the first load: an API process that serves no model never pays
+            # the seconds a Keras backend takes to import.
+            from service.ml.model import load_model_bytes
+
             model = load_model_bytes(fetch())
             for size in self.warm_up_sizes:
                 model.predict_on_batch(np.zeros((size, IMAGE_SIZE, IMAGE_SIZE, 1), np.float32))

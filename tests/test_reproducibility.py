@@ -6,7 +6,7 @@ import re
 
 import numpy as np
 
-from tests.conftest import SQLITE_ONLY, submit
+from tests.conftest import submit
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 VERSION = re.compile(r"\d+\.\d+")
@@ -16,8 +16,7 @@ def per_epoch(body: dict) -> list[tuple[float, float | None]]:
     return [(epoch["loss"], epoch["val_loss"]) for epoch in body["epochs"]]
 
 
-# One database is enough: what is pinned here happens in the training process.
-@SQLITE_ONLY
+# Both databases: the training is the same, but the record is stored and read back as JSON.
 def test_the_same_spec_and_seed_give_the_same_losses_and_a_drawn_seed_repeats_its_run(
     client, drain, dataset
 ):

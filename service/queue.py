@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql import ColumnElement
 
 from service.db import db_now, dialect_of, transaction
 from service.models import (
@@ -182,23 +183,23 @@ def request_cancel(session: Session, experiment_id: int) -> bool:
 
     False when the experiment is neither queued nor running.
     """
-    dialect = dialect_of(session)
-    queued = session.execute(
+    return sum(cancel_where(session, Experiment.id == experiment_id)) == 1
+
+
+def cancel_where(session: Session, condition: ColumnElement[bool]) -> tuple[int, int]:
+    """Cancel the queued experiments that meet `condition` at once and ask the workers of the
+    running ones to stop; returns (cancelled, asked to stop)."""
+    now = db_now(dialect_of(session))
+    cancelled = session.execute(
         update(Experiment)
-        .where(Experiment.id == experiment_id, Experiment.status == ExperimentStatus.QUEUED)
-        .values(
-            status=ExperimentStatus.CANCELLED,
-            cancel_requested_at=db_now(dialect),
-            finished_at=db_now(dialect),
-        )
+        .where(condition, Experiment.status == ExperimentStatus.QUEUED)
+        .values(status=ExperimentStatus.CANCELLED, cancel_requested_at=now, finished_at=now)
         .execution_options(synchronize_session=False)
-    )
-    if queued.rowcount == 1:
-        return True
-    running = session.execute(
+    ).rowcount
+    stopping = session.execute(
         update(Experiment)
-        .where(Experiment.id == experiment_id, Experiment.status == ExperimentStatus.RUNNING)
-        .values(cancel_requested_at=func.coalesce(Experiment.cancel_requested_at, db_now(dialect)))
+        .where(condition, Experiment.status == ExperimentStatus.RUNNING)
+        .values(cancel_requested_at=func.coalesce(Experiment.cancel_requested_at, now))
         .execution_options(synchronize_session=False)
-    )
-    return running.rowcount == 1
+    ).rowcount
+    return cancelled, stopping

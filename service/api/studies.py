@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from service import queue
 from service.api.deps import DatabaseDep, SettingsDep
 from service.api.errors import error_responses
-from service.api.experiments import QUEUE_FULL_RETRY_AFTER_SECONDS
+from service.api.experiments import MAX_PAGE_SIZE, QUEUE_FULL_RETRY_AFTER_SECONDS
 from service.api.security import CallerDep, authenticate
 from service.models import Study
 from service.schemas import MAX_DATABASE_ID
@@ -35,7 +35,6 @@ router = APIRouter(
     responses=error_responses(401, 403, 503),
 )
 
-MAX_PAGE_SIZE = 100
 StudyId = Annotated[int, Path(ge=1, le=MAX_DATABASE_ID)]
 IdempotencyKey = Annotated[
     str | None,

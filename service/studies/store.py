@@ -131,28 +131,10 @@ def _epoch(metric: EpochMetric) -> EpochResult:
 def cancel_study(session: Session, study: Study) -> tuple[int, int]:
     """Cancel the queued experiments at once and ask the running ones to stop, as
     POST /experiments/{id}/cancel does one by one; returns (cancelled, stopping)."""
-    now = db_now(dialect_of(session))
     session.execute(
         update(Study)
         .where(Study.id == study.id, Study.cancel_requested_at.is_(None))
-        .values(cancel_requested_at=now)
+        .values(cancel_requested_at=db_now(dialect_of(session)))
         .execution_options(synchronize_session=False)
     )
-    in_study = Experiment.study_id == study.id
-    cancelled = session.execute(
-        update(Experiment)
-        .where(in_study, Experiment.status == ExperimentStatus.QUEUED)
-        .values(status=ExperimentStatus.CANCELLED, finished_at=now, cancel_requested_at=now)
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    stopping = session.execute(
-        update(Experiment)
-        .where(
-            in_study,
-            Experiment.status == ExperimentStatus.RUNNING,
-            Experiment.cancel_requested_at.is_(None),
-        )
-        .values(cancel_requested_at=now)
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    return cancelled, stopping
+    return queue.cancel_where(session, Experiment.study_id == study.id)

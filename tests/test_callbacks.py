@@ -21,7 +21,7 @@ def fit(epochs: int, *callbacks) -> None:
     model.fit(images, labels, epochs=epochs, batch_size=BATCH, callbacks=list(callbacks), verbose=0)
 
 
-def run(epochs: int, *, stop_now=lambda: False, stop_after_epoch=lambda: False, rule=None):
+def run(epochs: int, *, stop_now=lambda: False, stop_after_epoch=lambda epoch: False, rule=None):
     interruption = Interruption(stop_now, stop_after_epoch, epochs)
     sent: list[EpochFinished] = []
     checkpoint = Checkpoint(sent.append, STEPS, interruption, initial_epoch=0)
@@ -64,9 +64,36 @@ def test_a_partial_epoch_reaches_no_stop_threshold():
 
 
 def test_stopping_after_the_epoch_sends_it_first():
-    result = run(3, stop_after_epoch=lambda: True)
+    result = run(3, stop_after_epoch=lambda epoch: True)
     assert [message.result.epoch for message in result.sent] == [1]
     assert result.interruption.after_epoch and not result.interruption.mid_epoch
+
+
+def test_each_epoch_but_the_last_is_asked_about_after_it_was_sent():
+    """A pruning verdict is given on the committed epoch: the worker must have it first."""
+    asked: list[tuple[int, int]] = []
+    sent: list[EpochFinished] = []
+
+    def stop_after_epoch(epoch: int) -> bool:
+        asked.append((epoch, len(sent)))
+        return epoch == 2
+
+    interruption = Interruption(lambda: False, stop_after_epoch, 4)
+    fit(4, Checkpoint(sent.append, STEPS, interruption, initial_epoch=0), interruption)
+    assert asked == [(1, 1), (2, 2)]
+    assert [message.result.epoch for message in sent] == [1, 2]
+    assert interruption.after_epoch
+
+
+def test_an_epoch_that_reached_the_stop_threshold_is_asked_about_but_ends_whole():
+    asked: list[int] = []
+    result = run(
+        3,
+        stop_after_epoch=lambda epoch: asked.append(epoch) or True,
+        rule=StopRule(metric="loss", threshold=100.0),
+    )
+    assert asked == [1] and result.stop.reason is not None
+    assert not result.interruption.interrupted
 
 
 def test_the_stop_rule_ends_training_and_says_why():

@@ -24,7 +24,15 @@ from service.ml.messages import (
     Started,
     TrainerMessage,
 )
-from service.models import Attempt, Checkpoint, EpochMetric, Experiment, TrainedModel
+from service.models import (
+    Attempt,
+    Checkpoint,
+    EpochMetric,
+    Experiment,
+    ExperimentStatus,
+    Study,
+    TrainedModel,
+)
 from service.results import EpochResult, Reproducibility, TrainingResult
 from service.spec import ExperimentCreate
 from service.worker import TrainerCrashedError, TrainingWorker, training_run
@@ -89,9 +97,12 @@ class FakeTrainer:
         self.pid = 4242
         self.dead = self.killed = self.closed = False
         self.deadline = 0.0
+        self.judged_from: int | None = None
+        self.verdicts: list[bool] = []
 
-    def start(self, spec, device, resume) -> None:
+    def start(self, spec, device, resume, verdict_from_epoch=None) -> None:
         self.experiments += 1
+        self.judged_from = verdict_from_epoch
         self.stop_now.clear()
         self.stop_after_epoch.clear()
         self.deadline = time.monotonic() + SCRIPT_TIMEOUT_SECONDS
@@ -113,6 +124,9 @@ class FakeTrainer:
                 self.dead = True
                 raise step
         return step
+
+    def send_verdict(self, *, stop: bool) -> None:
+        self.verdicts.append(stop)
 
     def alive(self) -> bool:
         return not (self.dead or self.killed)
@@ -243,6 +257,72 @@ def test_an_epoch_is_recorded_with_its_checkpoint(scripted, session_factory, exp
         assert session.get(Checkpoint, experiment_id).keras_file == b"PK 1"
 
 
+def judged(session_factory, experiment_id: int, *, rival_accuracy: float) -> None:
+    """Make the experiment a second repeat in a study that prunes from epoch 1, beside a
+    succeeded run of another variant whose first epoch reached `rival_accuracy`."""
+    rule = {"rule": "median", "metric": "accuracy", "after_epoch": 1, "min_finished": 1}
+    with transaction(session_factory) as session:
+        study = Study(name="s", request={}, varied=["filters"], prune=rule)
+        session.add(study)
+        session.flush()
+        spec = ExperimentCreate(**{**TINY_SPEC, "filters": 4}).to_spec()
+        cell = queue.StudyCell(study.id, '{"filters": 4}', 0)
+        rival = queue.enqueue(session, name=None, spec=spec, cell=cell)
+        rival.status, rival.test_accuracy = ExperimentStatus.SUCCEEDED, rival_accuracy
+        session.add(
+            EpochMetric(
+                experiment_id=rival.id,
+                epoch=1,
+                loss=0.5,
+                accuracy=rival_accuracy,
+                seconds=1.0,
+                ms_per_step=100.0,
+            )
+        )
+        own = session.get(Experiment, experiment_id)
+        own.study_id, own.variant, own.repeat = study.id, '{"filters": 8}', 1
+
+
+def verdict_given(trainer: "FakeTrainer") -> bool:
+    return bool(trainer.verdicts)
+
+
+def test_a_pruned_run_is_told_to_stop_after_the_epoch_it_is_judged_on(
+    scripted, session_factory, experiment_id
+):
+    judged(session_factory, experiment_id, rival_accuracy=0.9)  # Above its 0.5.
+    run = scripted([STARTED, epoch(1), Until(verdict_given, Interrupted())])
+    run.drain()
+    trainer = run.started[0]
+    assert trainer.judged_from == 1 and trainer.verdicts == [True]
+    assert not trainer.stop_now.is_set()  # The verdict stops it, at the epoch's end.
+    experiment = row(session_factory, experiment_id)
+    assert experiment.status == "pruned" and "median stopping rule" in experiment.stop_reason
+    assert attempts(session_factory) == [("pruned", None)]
+
+
+def test_a_run_not_pruned_is_told_to_train_on_and_is_not_asked_after_its_last_epoch(
+    scripted, session_factory, experiment_id
+):
+    judged(session_factory, experiment_id, rival_accuracy=0.1)  # Below its 0.5.
+    run = scripted([STARTED, epoch(1), Until(verdict_given, epoch(2)), Done(MODEL)])
+    run.drain()
+    assert run.started[0].verdicts == [False]
+    assert row(session_factory, experiment_id).status == "succeeded"
+
+
+def test_a_judged_run_whose_lease_is_lost_is_told_to_stop(scripted, session_factory, experiment_id):
+    judged(session_factory, experiment_id, rival_accuracy=0.1)
+    take = Do(take_over(session_factory, experiment_id), then=epoch(1))
+    run = scripted([STARTED, take, Until(verdict_given, Interrupted())])
+    run.drain()
+    assert run.started[0].verdicts == [True]
+    assert row(session_factory, experiment_id).claim_token == "another-worker"
+    with session_factory() as session:
+        own = select(EpochMetric).where(EpochMetric.experiment_id == experiment_id)
+        assert session.scalars(own).all() == []  # A fenced write: the epoch was not its own.
+
+
 def test_success_stores_the_model_and_the_test_results(
     scripted, session_factory, experiment_id, caplog
 ):
@@ -261,6 +341,8 @@ def test_success_stores_the_model_and_the_test_results(
         assert [m.epoch for m in session.scalars(select(EpochMetric))] == [1, 2]
     assert attempts(session_factory) == [("succeeded", None)]
     assert f"experiment {experiment_id} succeeded" in caplog.text
+    # Outside a pruning study the child never waits for a verdict.
+    assert run.started[0].judged_from is None and run.started[0].verdicts == []
 
 
 def test_a_failure_records_its_error_and_is_not_retried(scripted, session_factory, experiment_id):

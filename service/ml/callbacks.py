@@ -25,13 +25,18 @@ class Counter(Protocol):
 
 class Interruption(keras.callbacks.Callback):
     """Stops between batches once `stop_now` says so, or at the end of a whole epoch once
-    `stop_after_epoch` does (never after the last one: that run is complete)."""
+    `stop_after_epoch(epoch)` does (never after the last one: that run is complete).
+
+    It runs after the callbacks that report the epoch, since `stop_after_epoch` may wait for
+    the worker's verdict on it. An epoch that reached the stop threshold has ended the run
+    whole: it is asked all the same, so that no verdict is left unread, and not interrupted.
+    """
 
     # Its batch hook only reads a flag, so Keras may call it off the training loop's thread.
     async_safe = True
 
     def __init__(
-        self, stop_now: Callable[[], bool], stop_after_epoch: Callable[[], bool], epochs: int
+        self, stop_now: Callable[[], bool], stop_after_epoch: Callable[[int], bool], epochs: int
     ) -> None:
         super().__init__()
         self.stop_now = stop_now
@@ -50,7 +55,9 @@ class Interruption(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
-        if not self.mid_epoch and epoch + 1 < self.epochs and self.stop_after_epoch():
+        if self.mid_epoch or epoch + 1 >= self.epochs:
+            return
+        if self.stop_after_epoch(epoch + 1) and not self.model.stop_training:
             self.after_epoch = True
             self.model.stop_training = True
 

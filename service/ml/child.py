@@ -17,7 +17,7 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
 
-from service.ml.messages import Done, Exit, Failed, Interrupted, Ready, Started, Train
+from service.ml.messages import Done, Exit, Failed, Interrupted, Ready, Started, Train, Verdict
 from service.threads import limit_backend_threads
 
 PARENT_CHECK_SECONDS = 1.0
@@ -44,6 +44,29 @@ class StopFlags(threading.Thread):
         self.now = self._events[0].is_set()
         self.after_epoch = self._events[1].is_set()
         self.orphaned = os.getppid() != self._parent_pid
+
+
+class Verdicts:
+    """Waits, after each epoch from `from_epoch` on, for the worker's Verdict on it.
+
+    A stop request or a vanished worker ends the wait: the run stops there, and the serve
+    loop drops the verdict that may still come.
+    """
+
+    def __init__(self, connection: Connection, flags: StopFlags, from_epoch: int | None) -> None:
+        self.connection = connection
+        self.flags = flags
+        self.from_epoch = from_epoch
+
+    def stop_after(self, epoch: int) -> bool:
+        if self.from_epoch is None or epoch < self.from_epoch:
+            return False
+        while not self.connection.poll(FLAG_REFRESH_SECONDS):
+            self.flags.refresh()
+            if self.flags.now or self.flags.orphaned:
+                return True
+        verdict: Verdict = self.connection.recv()
+        return verdict.stop
 
 
 def serve(
@@ -81,8 +104,13 @@ def serve(
             message: Any = connection.recv()
         except EOFError:  # The worker died: no one is left to train for.
             return
-        if isinstance(message, Exit) or not trainer.run(message):
-            return
+        match message:
+            case Exit():
+                return
+            case Train() if not trainer.run(message):
+                return
+            case Verdict():
+                pass  # On a run that a stop request ended first: nobody waits for it.
 
 
 class _Trainer:
@@ -108,6 +136,7 @@ class _Trainer:
         from service.ml.reproducibility import prepare_run
 
         spec, flags = request.spec, self.flags
+        verdicts = Verdicts(self.connection, flags, request.verdict_from_epoch)
         flags.refresh()  # The worker cleared the events just before sending this run.
         try:
             # Cached per process: loaded by the first run only.
@@ -124,7 +153,8 @@ class _Trainer:
                 send_epoch=self.connection.send,
                 progress=self.progress,
                 stop_now=lambda: flags.now or flags.orphaned,
-                stop_after_epoch=lambda: flags.after_epoch,
+                # The verdict is read first: each one the worker sends is waited for.
+                stop_after_epoch=lambda epoch: verdicts.stop_after(epoch) or flags.after_epoch,
                 resume=request.resume,
             )
             self.connection.send(Done(result))

@@ -54,7 +54,7 @@ def train(
     send_epoch: Callable[[EpochFinished], None],
     progress: tuple[Counter, Counter],
     stop_now: Callable[[], bool] = lambda: False,
-    stop_after_epoch: Callable[[], bool] = lambda: False,
+    stop_after_epoch: Callable[[int], bool] = lambda epoch: False,
     resume: ResumePoint | None = None,
 ) -> TrainingResult:
     """Train, evaluate on the test set and return the saved `.keras` file.
@@ -63,7 +63,8 @@ def train(
     checkpoint; `progress` is the (epoch, step) pair to publish where training is. `resume` is
     an earlier attempt's last finished epoch and checkpoint: training continues from there,
     with the optimizer state it had. Raises TrainingInterrupted when `stop_now` turns true
-    (checked between batches) or `stop_after_epoch` does (checked at each epoch's end).
+    (checked between batches) or `stop_after_epoch(epoch)` does (asked at each epoch's end,
+    after the epoch was sent).
     """
     initial_epoch = resume.epoch if resume else 0
     # Python's, NumPy's and the backend's generators, and Keras's own: the initial weights and

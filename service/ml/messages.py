@@ -19,6 +19,16 @@ class Train:
     spec: ExperimentSpec
     device: str
     resume: ResumePoint | None
+    # From this epoch on (the last one aside), the child waits after each whole epoch for the
+    # worker's Verdict: a pruning rule judges the committed epoch before the next one starts.
+    verdict_from_epoch: int | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The answer the child waits for after an epoch: stop there, or train on."""
+
+    stop: bool
 
 
 @dataclass(frozen=True)

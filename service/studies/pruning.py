@@ -21,11 +21,8 @@ def prune_reason(session: Session, experiment_id: int, result: EpochResult) -> s
     repeats of the variant leading the study so far (the best mean test accuracy).
     """
     experiment = session.get(Experiment, experiment_id)
-    if experiment is None or experiment.study_id is None or not experiment.repeat:
-        return None
-    study = session.get(Study, experiment.study_id)
-    rule = study.prune if study is not None else None
-    if not rule or result.epoch < rule["after_epoch"]:
+    rule = _rule(session, experiment)
+    if experiment is None or rule is None or result.epoch < rule["after_epoch"]:
         return None
     value = getattr(result, rule["metric"])
     if value is None:
@@ -41,6 +38,20 @@ def prune_reason(session: Session, experiment_id: int, result: EpochResult) -> s
         f"{median:.4f}, the median at that epoch of the {len(others)} succeeded experiments "
         "of other variants in its study (median stopping rule)"
     )
+
+
+def judged_from_epoch(session: Session, experiment_id: int) -> int | None:
+    """The first epoch the rule judges the experiment after, or None when it never does."""
+    rule = _rule(session, session.get(Experiment, experiment_id))
+    return None if rule is None else rule["after_epoch"]
+
+
+def _rule(session: Session, experiment: Experiment | None) -> dict | None:
+    """Its study's pruning rule, when it has one and the experiment is not a first repeat."""
+    if experiment is None or experiment.study_id is None or not experiment.repeat:
+        return None
+    study = session.get(Study, experiment.study_id)
+    return (study.prune or None) if study is not None else None
 
 
 def _leads(session: Session, experiment: Experiment) -> bool:

@@ -14,7 +14,7 @@ from service.leases import HeartbeatReply
 from service.models import ExperimentStatus
 from service.queue import Claim
 from service.results import EpochResult, Reproducibility, ResumePoint, TrainingResult
-from service.studies.pruning import prune_reason
+from service.studies.pruning import judged_from_epoch, prune_reason
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,10 @@ class ClaimedRun:
     def finish_cancelled(self) -> bool:
         return self._retry(leases.finish_cancelled, self.claim)
 
+    def judged_from_epoch(self) -> int | None:
+        """From which epoch on its study's pruning rule judges it; None when never."""
+        return self._retry(_judged_from_epoch, self.experiment_id)
+
     def prune_reason(self, result: EpochResult) -> str | None:
         """Why its study's pruning rule stops it after this epoch; None to train on."""
         return self._retry(_prune_reason, self.experiment_id, result)
@@ -118,3 +122,8 @@ def _prune_reason(
 ) -> str | None:
     with transaction(session_factory) as session:
         return prune_reason(session, experiment_id, result)
+
+
+def _judged_from_epoch(session_factory: sessionmaker[Session], experiment_id: int) -> int | None:
+    with transaction(session_factory) as session:
+        return judged_from_epoch(session, experiment_id)

@@ -9,7 +9,7 @@ from pathlib import Path
 import psutil
 
 from service.ml.child import serve
-from service.ml.messages import Exit, Ready, Train, TrainerMessage
+from service.ml.messages import Exit, Ready, Train, TrainerMessage, Verdict
 from service.results import ResumePoint
 from service.spec import ExperimentSpec
 
@@ -59,14 +59,25 @@ class TrainerProcess:
         self.gpus: list[str] = ready.gpus
         self.experiments = 0
 
-    def start(self, spec: ExperimentSpec, device: str, resume: ResumePoint | None) -> None:
-        """Have the child train `spec` on `device` ('cpu' or 'gpu'), from `resume` if given."""
+    def start(
+        self,
+        spec: ExperimentSpec,
+        device: str,
+        resume: ResumePoint | None,
+        verdict_from_epoch: int | None = None,
+    ) -> None:
+        """Have the child train `spec` on `device` ('cpu' or 'gpu'), from `resume` if given;
+        from `verdict_from_epoch` on, it waits for `send_verdict` after each epoch."""
         self.experiments += 1
         self.stop_now.clear()
         self.stop_after_epoch.clear()
         self.epoch.value = resume.epoch if resume else 0
         self.step.value = 0
-        self._connection.send(Train(spec, device, resume))
+        self._connection.send(Train(spec, device, resume, verdict_from_epoch))
+
+    def send_verdict(self, *, stop: bool) -> None:
+        """Answer the child waiting after an epoch: stop there, or train on."""
+        self._connection.send(Verdict(stop))
 
     def poll(self, timeout: float) -> TrainerMessage | None:
         """The next message from the child, or None; raises when the child has died."""

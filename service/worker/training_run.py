@@ -11,6 +11,7 @@ import time
 from threading import Event
 
 from service.ml.messages import Done, EpochFinished, Failed, Interrupted, Started, TrainerMessage
+from service.results import EpochResult
 from service.settings import Settings
 from service.worker.claimed_run import ClaimedRun
 from service.worker.trainer_process import TrainerCrashedError, TrainerProcess
@@ -44,7 +45,8 @@ class TrainingRun:
         self.deadline = time.monotonic() + settings.max_run_seconds
         self.lease_lost = False
         self.cancelling = False
-        # Why the study's pruning rule stopped it, once it has.
+        # From which epoch on its study's pruning rule judges it, and why it stopped it.
+        self.judged_from: int | None = None
         self.pruned: str | None = None
         self.overdue = False
         self.kill_at: float | None = None
@@ -59,7 +61,8 @@ class TrainingRun:
         """Run it to its end on `device`; True when the training process died or was killed
         on the way and must be replaced."""
         resume = self.claimed.load_checkpoint()
-        self.trainer.start(self.claimed.claim.spec, device, resume)
+        self.judged_from = self.claimed.judged_from_epoch()
+        self.trainer.start(self.claimed.claim.spec, device, resume, self.judged_from)
         if resume:
             logger.info("experiment %s resumes after epoch %s", self.experiment_id, resume.epoch)
         while True:
@@ -104,15 +107,26 @@ class TrainingRun:
             self._lose_lease()
 
     def _on_epoch_finished(self, finished: EpochFinished) -> None:
-        if self.lease_lost:
-            return
-        if not self.claimed.record_epoch(finished.result, finished.checkpoint):
+        if not self.lease_lost and not self.claimed.record_epoch(
+            finished.result, finished.checkpoint
+        ):
             self._lose_lease()
-        elif self.pruned is None and not self.cancelling:
-            self.pruned = self.claimed.prune_reason(finished.result)
-            if self.pruned is not None:
-                logger.info("experiment %s: %s", self.experiment_id, self.pruned)
-                self.trainer.stop_now.set()
+        epoch = finished.result.epoch
+        # The child waits for the verdict on each such epoch, as the rule sees it committed.
+        if (
+            self.judged_from is not None
+            and self.judged_from <= epoch < self.claimed.claim.spec.epochs
+        ):
+            self.trainer.send_verdict(stop=self._prune(finished.result))
+
+    def _prune(self, result: EpochResult) -> bool:
+        """Whether the run stops after this epoch: pruned, or already stopping."""
+        if self.lease_lost or self.cancelling:
+            return True
+        self.pruned = self.claimed.prune_reason(result)
+        if self.pruned is not None:
+            logger.info("experiment %s: %s", self.experiment_id, self.pruned)
+        return self.pruned is not None
 
     def _on_done(self, done: Done) -> None:
         if not self.lease_lost:

@@ -7,7 +7,9 @@ from collections.abc import Sequence
 import numpy as np
 
 # The object-oriented Figure needs no pyplot state, so request threads can draw at once.
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from service.datasets import CLASS_NAMES
 from service.models import EpochMetric
@@ -23,12 +25,18 @@ def learning_curve_png(title: str, epochs: Sequence[EpochMetric]) -> bytes:
         validation = [getattr(e, f"val_{metric}") for e in epochs]
         if any(value is not None for value in validation):
             axes.plot(numbers, validation, marker="o", label="validation")
-        axes.set_xlabel("epoch")
-        axes.set_ylabel(metric)
-        axes.grid(alpha=0.3)
+        epoch_axes(axes, metric)
         axes.legend()
     figure.suptitle(title)
     return png_bytes(figure)
+
+
+def epoch_axes(axes: Axes, ylabel: str) -> None:
+    """Epochs on x, whole numbers only (matplotlib would mark 1.5 on a two-epoch run)."""
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_xlabel("epoch")
+    axes.set_ylabel(ylabel)
+    axes.grid(alpha=0.3)
 
 
 def confusion_matrix_png(title: str, matrix: Sequence[Sequence[int]]) -> bytes:

@@ -5,7 +5,7 @@ from collections import defaultdict
 
 from matplotlib.figure import Figure
 
-from service.plots import png_bytes
+from service.plots import epoch_axes, png_bytes
 from service.studies.runs import StudyRun
 
 METRICS = ("loss", "accuracy")
@@ -53,9 +53,7 @@ def learning_curves_png(title: str, runs: list[StudyRun]) -> bytes:
                     color=line.get_color(),
                     alpha=0.15,
                 )
-        axes.set_xlabel("epoch")
-        axes.set_ylabel(f"training {metric} (mean over repeats)")
-        axes.grid(alpha=0.3)
+        epoch_axes(axes, f"training {metric} (mean over repeats)")
     handles, labels = figure.axes[0].get_legend_handles_labels()
     if handles:
         figure.legend(handles, labels, loc="outside right upper", fontsize=8)

@@ -141,12 +141,31 @@ def test_racing_posts_with_one_key_make_one_study(client):
     assert counts(client) == (1, 8)
 
 
+def test_the_list_gives_each_study_its_own_counts_newest_first(client):
+    first = client.post("/studies", json=GRID_STUDY).json()
+    second = client.post("/studies", json={**GRID_STUDY, "name": "second"}).json()
+    client.post(f"/studies/{first['id']}/cancel")
+    newest, oldest = client.get("/studies").json()["items"]
+    assert (newest["id"], oldest["id"]) == (second["id"], first["id"])
+    assert (newest["status"], newest["counts"]["queued"], newest["counts"]["cancelled"]) == (
+        "queued",
+        8,
+        0,
+    )
+    assert (oldest["status"], oldest["counts"]["queued"], oldest["counts"]["cancelled"]) == (
+        "cancelled",
+        0,
+        8,
+    )
+    assert newest["experiments"] == oldest["experiments"] == 8
+
+
 def test_a_study_over_the_queue_limit_is_refused_whole(settings):
     with TestClient(create_app(settings.model_copy(update={"max_queued": 10}))) as client:
         for _ in range(3):
             client.post("/experiments", json=TINY_SPEC)
         response = client.post("/studies", json=GRID_STUDY)
-        assert response.status_code == 429
+        assert response.status_code == 429 and int(response.headers["retry-after"]) > 0
         assert "3 of your experiments" in response.json()["detail"]
         assert "this request adds 8" in response.json()["detail"]
         assert counts(client) == (0, 3)

@@ -41,8 +41,6 @@ router = APIRouter(
 )
 
 MAX_PAGE_SIZE = 100
-# How long a client whose queue is full should wait: about one small experiment.
-QUEUE_FULL_RETRY_AFTER_SECONDS = 30
 
 ExperimentId = Annotated[int, Path(ge=1, le=MAX_DATABASE_ID)]
 MisclassifiedLimit = Annotated[
@@ -97,14 +95,7 @@ async def create_experiment(
             max_queued=settings.max_queued,
         )
 
-    try:
-        created = await database.write(enqueue)
-    except queue.QueueFullError as error:
-        raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS,
-            str(error),
-            headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_SECONDS)},
-        ) from None
+    created = await database.write(enqueue)  # A full queue is a 429 (api/handlers.py).
     response.headers["Location"] = f"/experiments/{created.id}"
     state = await _queue_state_if_free(database, created, settings)
     return new_experiment_read(created, spec, state)

@@ -14,10 +14,13 @@ from starlette.routing import Match
 
 from service.api.database import DatabaseBusyError
 from service.api.errors import ECHO_LIMIT, ErrorResponse, short
+from service.queue import QueueFullError
 
 logger = logging.getLogger(__name__)
 
 DATABASE_RETRY_AFTER_SECONDS = 2
+# A full queue empties at the pace of training: far slower than a busy database.
+QUEUE_FULL_RETRY_AFTER_SECONDS = 30
 CANDIDATE_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeoutError, DatabaseBusyError)
 
@@ -25,6 +28,7 @@ UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeoutError, DatabaseBusyE
 def install_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(QueueFullError, _queue_full)
     for error_type in UNAVAILABLE:
         app.add_exception_handler(error_type, _database_unavailable)
 
@@ -36,6 +40,15 @@ async def _database_unavailable(_request: Request, error: Exception) -> ErrorRes
         status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
         content={"detail": "the database is unavailable or busy: retry shortly"},
         headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+    )
+
+
+async def _queue_full(_request: Request, error: QueueFullError) -> ErrorResponse:
+    """The caller's queued and running experiments would pass MAX_QUEUED; nothing was added."""
+    return ErrorResponse(
+        status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+        content={"detail": str(error)},
+        headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_SECONDS)},
     )
 
 

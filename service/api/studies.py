@@ -8,10 +8,9 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service import queue
 from service.api.deps import DatabaseDep, SettingsDep
 from service.api.errors import error_responses
-from service.api.experiments import MAX_PAGE_SIZE, QUEUE_FULL_RETRY_AFTER_SECONDS
+from service.api.experiments import MAX_PAGE_SIZE
 from service.api.security import CallerDep, authenticate
 from service.models import Study
 from service.schemas import MAX_DATABASE_ID
@@ -24,6 +23,7 @@ from service.studies.store import (
     cancel_study,
     create_study,
     status_counts,
+    status_counts_of,
     study_for_key,
     study_runs,
 )
@@ -103,13 +103,12 @@ async def create_study_route(
 ) -> StudyRead:
     """Validate every cell, then queue them all in one transaction: all or nothing."""
     cells = await run_in_threadpool(checked_cells, payload, settings)
-    request = payload.model_dump(mode="json")
 
     def create(session: Session) -> tuple[int, bool]:
         if idempotency_key is not None:
             earlier = study_for_key(session, caller.owner, idempotency_key)
             if earlier is not None:
-                return _same_request(earlier, request, idempotency_key), False
+                return _same_request(earlier, payload, idempotency_key), False
         study = create_study(
             session,
             payload,
@@ -122,12 +121,6 @@ async def create_study_route(
 
     try:
         study_id, created = await database.write(create)
-    except queue.QueueFullError as error:
-        raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS,
-            str(error),
-            headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_SECONDS)},
-        ) from None
     except IntegrityError:
         # Two POSTs with one key raced; the other one's transaction made the study.
         study_id, created = await database.write(create)
@@ -137,8 +130,8 @@ async def create_study_route(
     return await database.read(lambda session: _read(session, study_id))
 
 
-def _same_request(study: Study, request: dict, key: str) -> int:
-    if study.request != request:
+def _same_request(study: Study, payload: StudyCreate, key: str) -> int:
+    if study.request != payload.model_dump(mode="json"):  # As create_study stored it.
         raise HTTPException(
             status.HTTP_409_CONFLICT,
             f"Idempotency-Key {key[:100]!r} already made study {study.id} from a different "
@@ -164,8 +157,9 @@ async def list_studies(
         total = session.scalar(select(func.count()).select_from(Study)) or 0
         studies = session.scalars(
             select(Study).order_by(Study.id.desc()).limit(limit).offset(offset)
-        )
-        items = [study_list_item(s, status_counts(session, s.id)) for s in studies]
+        ).all()
+        counts = status_counts_of(session, [study.id for study in studies])
+        items = [study_list_item(study, counts[study.id]) for study in studies]
         return StudyPage(items=items, total=total, limit=limit, offset=offset)
 
     return await database.read(page)

@@ -63,14 +63,22 @@ def study_for_key(session: Session, owner: str | None, idempotency_key: str) -> 
 
 def status_counts(session: Session, study_id: int) -> dict[str, int]:
     """How many of the study's experiments are in each status, every status listed."""
-    counted = dict(
-        session.execute(
-            select(Experiment.status, func.count())
-            .where(Experiment.study_id == study_id)
-            .group_by(Experiment.status)
-        ).all()
+    return status_counts_of(session, [study_id])[study_id]
+
+
+def status_counts_of(session: Session, study_ids: list[int]) -> dict[int, dict[str, int]]:
+    """`status_counts` for each of the studies, in one query."""
+    counted: dict[int, dict[str, int]] = {
+        study_id: {status.value: 0 for status in ExperimentStatus} for study_id in study_ids
+    }
+    rows = session.execute(
+        select(Experiment.study_id, Experiment.status, func.count())
+        .where(Experiment.study_id.in_(study_ids))
+        .group_by(Experiment.study_id, Experiment.status)
     )
-    return {status.value: counted.get(status, 0) for status in ExperimentStatus}
+    for study_id, status, count in rows:
+        counted[study_id][ExperimentStatus(status).value] = count
+    return counted
 
 
 def study_status(study: Study, counts: dict[str, int]) -> str:

@@ -153,15 +153,7 @@ def record_epoch(
             return False
         session.execute(
             insert(EpochMetric).values(
-                experiment_id=claim.experiment_id,
-                epoch=result.epoch,
-                loss=result.loss,
-                accuracy=result.accuracy,
-                val_loss=result.val_loss,
-                val_accuracy=result.val_accuracy,
-                seconds=result.seconds,
-                ms_per_step=result.ms_per_step,
-                finished_at=db_now(dialect),
+                experiment_id=claim.experiment_id, finished_at=db_now(dialect), **asdict(result)
             )
         )
         upsert = (postgresql_insert if dialect == "postgresql" else sqlite_insert)(Checkpoint)

@@ -2,6 +2,7 @@
 
 import enum
 import hashlib
+from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +23,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
+
+from service.results import EpochResult
 
 # Stable constraint names keep Alembic's migrations identical on every database.
 NAMING_CONVENTION = {
@@ -190,6 +193,10 @@ class EpochMetric(Base):
     finished_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     experiment: Mapped[Experiment] = relationship(back_populates="epochs")
+
+    def result(self) -> EpochResult:
+        """The row as the training child reported it (its columns are EpochResult's fields)."""
+        return EpochResult(**{f.name: getattr(self, f.name) for f in fields(EpochResult)})
 
 
 class AttemptOutcome(enum.StrEnum):

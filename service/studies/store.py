@@ -7,8 +7,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from service import queue
 from service.db import db_now, dialect_of
-from service.models import EpochMetric, Experiment, ExperimentStatus, Study
-from service.results import EpochResult
+from service.models import Experiment, ExperimentStatus, Study
 from service.spec import ExperimentSpec
 from service.studies.request import Cell, StudyCreate
 from service.studies.runs import StudyRun
@@ -118,21 +117,9 @@ def _run(experiment: Experiment) -> StudyRun:
         activation_bytes_per_batch=summary["activation_bytes_per_batch"],
         test_accuracy=experiment.test_accuracy,
         test_loss=experiment.test_loss,
-        epochs=tuple(_epoch(metric) for metric in experiment.epochs),
+        epochs=tuple(metric.result() for metric in experiment.epochs),
         stop_metric=spec.stop.metric if spec.stop else None,
         stop_threshold=spec.stop.threshold if spec.stop else None,
-    )
-
-
-def _epoch(metric: EpochMetric) -> EpochResult:
-    return EpochResult(
-        epoch=metric.epoch,
-        loss=metric.loss,
-        accuracy=metric.accuracy,
-        val_loss=metric.val_loss,
-        val_accuracy=metric.val_accuracy,
-        seconds=metric.seconds,
-        ms_per_step=metric.ms_per_step,
     )
 
 

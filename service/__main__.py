@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -60,8 +61,14 @@ def run_api() -> None:
     limit_backend_threads(settings.inference_threads)
     options = {"host": settings.host, "port": settings.port, "access_log": settings.access_log}
     if settings.api_workers > 1:
-        # Several processes need the app by name: each builds its own from the environment.
-        uvicorn.run("service.api:create_app", factory=True, workers=settings.api_workers, **options)
+        # The processes add their metrics up through files in one folder, named before they
+        # start (prometheus_client reads it at import) and fresh, so no old counts come back.
+        with tempfile.TemporaryDirectory(prefix="convlab-metrics-") as folder:
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+            # Several processes need the app by name: each builds its own from the environment.
+            uvicorn.run(
+                "service.api:create_app", factory=True, workers=settings.api_workers, **options
+            )
     else:
         uvicorn.run(create_app(settings), **options)
 

@@ -13,7 +13,7 @@ from fastapi_offline import FastAPIOffline
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.api import experiments, predict, studies, workers
+from service.api import experiments, metrics, predict, studies, workers
 from service.api.database import POOL_SIZE, WRITE_SLOTS, Database
 from service.api.handlers import install_exception_handlers
 from service.api.heap import freeze_heap
@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             write_slots=WRITE_SLOTS.get(engine.dialect.name, 1),
         )
         app.state.workers_alive = None
+        app.state.database_metrics = metrics.DatabaseMetricsCache()
         app.state.model_server = ModelServer(app.state.database, settings, after_load=freeze_heap)
         stopping = asyncio.Event()
         watcher = asyncio.create_task(_watch_workers(app, settings.lease_seconds, stopping))
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(predict.router)
     app.include_router(studies.router)
     app.include_router(workers.router)
+    app.include_router(metrics.router)
     install_exception_handlers(app)
     _add_middleware(app, settings)
 
@@ -95,7 +97,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _add_middleware(app: FastAPI, settings: Settings) -> None:
-    # The last added runs first: hosts, then CORS, then cross-site refusal, then body size.
+    # The last added runs first: metrics (so refused requests count too), hosts, then CORS,
+    # then cross-site refusal, then body size.
     app.add_middleware(
         BodyLimit,
         default=settings.max_request_bytes,
@@ -112,6 +115,7 @@ def _add_middleware(app: FastAPI, settings: Settings) -> None:
         )
     if "*" not in settings.allowed_hosts:
         app.add_middleware(HostCheck, allowed_hosts=settings.allowed_hosts)
+    app.add_middleware(metrics.HttpMetrics)
 
 
 async def _watch_workers(app: FastAPI, lease_seconds: float, stopping: asyncio.Event) -> None:

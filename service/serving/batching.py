@@ -10,6 +10,7 @@ power of two so the compiled function is not retraced per size.
 """
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 import numpy as np
+
+from service.metrics import MODEL_CALL_IMAGES, MODEL_CALL_SECONDS
 
 
 class Predictor(Protocol):
@@ -153,4 +156,8 @@ class MicroBatcher:
         if size > count:
             padding = np.zeros((size - count, *pixels.shape[1:]), dtype=pixels.dtype)
             pixels = np.concatenate([pixels, padding])
-        return self.model.predict(pixels)[:count]
+        started = time.perf_counter()
+        probabilities = self.model.predict(pixels)[:count]
+        MODEL_CALL_SECONDS.observe(time.perf_counter() - started)
+        MODEL_CALL_IMAGES.observe(count)
+        return probabilities

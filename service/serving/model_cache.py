@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.architecture import FLOAT_BYTES, IMAGE_SIZE
+from service.metrics import MODEL_CACHE_LOOKUPS
 
 
 @dataclass
@@ -50,6 +51,7 @@ class ModelCache:
             cached = self._models.get(experiment_id)
             if cached is not None and cached.sha256 == sha256:
                 self._models.move_to_end(experiment_id)
+                MODEL_CACHE_LOOKUPS.labels("hit").inc()
                 return cached
             loading = self._loading.setdefault(experiment_id, threading.Lock())
         # One loader per model; requests for other models are not held up meanwhile.
@@ -57,7 +59,10 @@ class ModelCache:
             with self._lock:
                 cached = self._models.get(experiment_id)
                 if cached is not None and cached.sha256 == sha256:
+                    # Another request loaded it meanwhile: this one waited, but loaded nothing.
+                    MODEL_CACHE_LOOKUPS.labels("hit").inc()
                     return cached
+            MODEL_CACHE_LOOKUPS.labels("miss").inc()
             # Imported at the first load: an API process that serves no model never pays
             # the seconds a Keras backend takes to import.
             from service.ml.model import load_model_bytes

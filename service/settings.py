@@ -131,6 +131,14 @@ class Settings(BaseSettings):
         description="How long a request waits for a database connection before a 503.",
     )
 
+    long_poll_max_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        le=60,
+        description="The longest a GET /experiments/{id}?wait= is held; keep it under the "
+        "read timeout of any proxy in front.",
+    )
+
     max_request_bytes: int = Field(
         default=64 * 1024, gt=0, description="Largest body of any route but /predict."
     )

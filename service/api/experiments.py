@@ -3,7 +3,7 @@
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -13,6 +13,7 @@ from service import queue
 from service.api.database import Database, DatabaseBusyError
 from service.api.deps import DatabaseDep, SettingsDep
 from service.api.errors import error_responses
+from service.api.long_poll import MAX_WAIT_SECONDS, wait_for_change
 from service.api.presenters import (
     QueueState,
     experiment_list_item,
@@ -41,6 +42,12 @@ router = APIRouter(
 )
 
 MAX_PAGE_SIZE = 100
+WAIT_HELP = (
+    "seconds to hold the answer until the status changes (a long poll for clients without "
+    "the event stream), at most LONG_POLL_MAX_SECONDS; it returns at once for an experiment "
+    "that has ended"
+)
+CHANGED_FROM_HELP = "with `wait`: the status you last saw (default: the status on arrival)"
 
 ExperimentId = Annotated[int, Path(ge=1, le=MAX_DATABASE_ID)]
 MisclassifiedLimit = Annotated[
@@ -156,9 +163,20 @@ async def list_experiments(
 
 @router.get("/{experiment_id}", response_model=ExperimentRead, responses=error_responses(404, 422))
 async def get_experiment(
-    experiment_id: ExperimentId, database: DatabaseDep, settings: SettingsDep
+    experiment_id: ExperimentId,
+    database: DatabaseDep,
+    settings: SettingsDep,
+    request: Request,
+    wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS, description=WAIT_HELP)] = 0,
+    changed_from: Annotated[ExperimentStatus | None, Query(description=CHANGED_FROM_HELP)] = None,
 ) -> ExperimentRead:
-    """One experiment: status, progress, every finished epoch, attempts, test result."""
+    """One experiment: status, progress, every finished epoch, attempts, test result; with
+    `wait`, once its status changes (a long poll)."""
+    seconds = min(wait, settings.long_poll_max_seconds)
+    if seconds > 0:
+        await wait_for_change(
+            request, database, experiment_id, changed_from=changed_from, seconds=seconds
+        )
     return await database.read(
         lambda session: experiment_read(
             session,

@@ -112,6 +112,7 @@ def _epoch_seconds(session: Session) -> Metric:
         )
         .join(Experiment, Experiment.id == EpochMetric.experiment_id)
         .group_by(device)
+        .order_by(device)
     ).all()
     family = HistogramMetricFamily(
         "convlab_epoch_duration_seconds",
@@ -144,7 +145,9 @@ def _attempts(session: Session) -> list[Metric]:
     for outcome in sorted(outcomes):
         finished.add_metric([outcome], outcomes[outcome])
     retries = CounterMetricFamily(
-        "convlab_retries", "Attempts after an experiment's first: resumptions after a loss"
+        "convlab_retries",
+        "Attempts after an experiment's first: after a lost lease, a crashed training process "
+        "or a worker's shutdown",
     )
     later = select(func.count()).select_from(Attempt).where(Attempt.number > 1)
     retries.add_metric([], session.scalar(later) or 0)

@@ -106,6 +106,20 @@ def test_database_values_are_read_at_most_once_a_second(client, monkeypatch):
 
 
 @SQLITE_ONLY
+def test_a_scrape_during_a_read_answers_from_the_last_one(client, fresh_reads):
+    assert value(scrape(client), "convlab_experiments", status="queued") == 0
+    client.post("/experiments", json=TINY_SPEC)
+    cache = client.app.state.database_metrics
+    # As if another scrape's read were waiting for a database slot.
+    client.portal.call(cache.lock.acquire)
+    try:
+        assert value(scrape(client), "convlab_experiments", status="queued") == 0
+    finally:
+        client.portal.call(cache.lock.release)
+    assert value(scrape(client), "convlab_experiments", status="queued") == 1
+
+
+@SQLITE_ONLY
 def test_several_api_processes_add_their_counts_up(settings, tmp_path):
     port = free_port()
     env = {

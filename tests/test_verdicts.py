@@ -6,7 +6,8 @@ import threading
 from multiprocessing import Pipe
 
 from service.ml.child import StopFlags, Verdicts
-from service.ml.messages import Verdict
+from service.ml.messages import Exit, Verdict
+from service.worker.trainer_process import TrainerProcess
 
 
 def verdicts(from_epoch: int | None):
@@ -52,3 +53,19 @@ def test_a_stop_request_ends_the_wait_without_a_verdict():
     _, waiting, stop_now = verdicts(from_epoch=1)
     stop_now.set()
     assert waiting.stop_after(1) is True
+
+
+def test_a_vanished_worker_or_a_stray_message_ends_the_wait_as_a_stop():
+    worker, waiting, _ = verdicts(from_epoch=1)
+    worker.send(Exit())
+    assert waiting.stop_after(1) is True
+    worker.close()
+    assert waiting.stop_after(2) is True
+
+
+def test_a_verdict_for_a_child_that_died_meanwhile_is_not_an_error():
+    """The next poll reports the crash; the worker must not die of the broken pipe first."""
+    trainer = TrainerProcess.__new__(TrainerProcess)  # Its pipe alone, without a child.
+    trainer._connection, child = Pipe()
+    child.close()
+    trainer.send_verdict(stop=True)

@@ -55,6 +55,10 @@ async def metrics(request: Request, database: DatabaseDep, settings: SettingsDep
     """HTTP, model and cache metrics of the API processes, and the queue, workers, epochs and
     attempts as the database holds them (read at most once a second)."""
     cache: DatabaseMetricsCache = request.app.state.database_metrics
+    if cache.lock.locked() and cache.metrics:
+        # A read is under way (or waiting for a slot): the last one answers meanwhile, so
+        # scrapes do not queue up behind a slow or absent database.
+        return _exposition(cache.metrics)
     async with cache.lock:
         if time.monotonic() - cache.read_at >= DATABASE_READ_SECONDS:
             cache.metrics = await database.read(
@@ -62,8 +66,12 @@ async def metrics(request: Request, database: DatabaseDep, settings: SettingsDep
             )
             cache.read_at = time.monotonic()
         families = cache.metrics
+    return _exposition(families)
+
+
+def _exposition(database_families: list[Metric]) -> Response:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Families(families))
+    registry.register(_Families(database_families))
     body = process_metrics() + generate_latest(registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 

@@ -65,8 +65,11 @@ class Verdicts:
             self.flags.refresh()
             if self.flags.now or self.flags.orphaned:
                 return True
-        verdict: Verdict = self.connection.recv()
-        return verdict.stop
+        try:
+            verdict = self.connection.recv()
+        except EOFError:  # The worker is gone: nobody will judge, or want, the next epoch.
+            return True
+        return not isinstance(verdict, Verdict) or verdict.stop
 
 
 def serve(

@@ -76,8 +76,10 @@ class TrainerProcess:
         self._connection.send(Train(spec, device, resume, verdict_from_epoch))
 
     def send_verdict(self, *, stop: bool) -> None:
-        """Answer the child waiting after an epoch: stop there, or train on."""
-        self._connection.send(Verdict(stop))
+        """Answer the child waiting after an epoch: stop there, or train on. A child that has
+        died meanwhile is not an error here: the next `poll` reports the crash."""
+        with contextlib.suppress(OSError):
+            self._connection.send(Verdict(stop))
 
     def poll(self, timeout: float) -> TrainerMessage | None:
         """The next message from the child, or None; raises when the child has died."""

@@ -1,15 +1,11 @@
 """GET /metrics: Prometheus's text format, whose values move as the service works."""
 
-import os
-import subprocess
-import sys
-
 import httpx2 as httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.api import metrics
-from tests.conftest import ROOT, SQLITE_ONLY, TINY_SPEC, free_port, wait_for_api
+from tests.conftest import SQLITE_ONLY, TINY_SPEC, api_process
 
 
 def scrape(client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -121,38 +117,17 @@ def test_a_scrape_during_a_read_answers_from_the_last_one(client, fresh_reads):
 
 @SQLITE_ONLY
 def test_several_api_processes_add_their_counts_up(settings, tmp_path):
-    port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": settings.database_url,
-        "PORT": str(port),
-        "API_WORKERS": "2",
-    }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    with open(tmp_path / "api.log", "w+") as log:
-        api = subprocess.Popen(
-            [sys.executable, "-m", "service", "api"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            wait_for_api(base, api)
-            with httpx.Client(base_url=base, timeout=10) as http:
-                before = health_count(scrape(http))
-                for _ in range(40):  # New connections: both processes answer some.
-                    assert httpx.get(f"{base}/health", timeout=10).status_code == 200
-                # Whichever process answers a scrape reports all 40.
-                totals = {health_count(scrape(http)) - before for _ in range(6)}
-        finally:
-            api.terminate()
-            api.wait(timeout=30)
-        log.seek(0)
-        output = log.read()
-    assert totals == {40.0}, output
-    assert "Traceback" not in output
+    log = tmp_path / "api.log"
+    with (
+        api_process(settings.database_url, log, API_WORKERS="2") as base,
+        httpx.Client(base_url=base, timeout=10) as http,
+    ):
+        before = health_count(scrape(http))
+        for _ in range(40):  # New connections: both processes answer some.
+            assert httpx.get(f"{base}/health", timeout=10).status_code == 200
+        # Whichever process answers a scrape reports all 40.
+        totals = {health_count(scrape(http)) - before for _ in range(6)}
+    assert totals == {40.0}
 
 
 def health_count(samples) -> float:

@@ -88,11 +88,11 @@ class ClaimedRun:
 
     def judged_from_epoch(self) -> int | None:
         """From which epoch on its study's pruning rule judges it; None when never."""
-        return self._retry(_judged_from_epoch, self.experiment_id)
+        return self._retry(_in_transaction, judged_from_epoch, self.experiment_id)
 
     def prune_reason(self, result: EpochResult) -> str | None:
         """Why its study's pruning rule stops it after this epoch; None to train on."""
-        return self._retry(_prune_reason, self.experiment_id, result)
+        return self._retry(_in_transaction, prune_reason, self.experiment_id, result)
 
     def finish_pruned(self, reason: str) -> bool:
         return self._retry(leases.finish_pruned, self.claim, reason=reason)
@@ -117,13 +117,9 @@ class ClaimedRun:
                 time.sleep(DATABASE_RETRY_SECONDS)
 
 
-def _prune_reason(
-    session_factory: sessionmaker[Session], experiment_id: int, result: EpochResult
-) -> str | None:
+def _in_transaction(
+    session_factory: sessionmaker[Session], read: Callable[..., Result], *args
+) -> Result:
+    """`read(session, *args)` for the study reads that take a session, not a factory."""
     with transaction(session_factory) as session:
-        return prune_reason(session, experiment_id, result)
-
-
-def _judged_from_epoch(session_factory: sessionmaker[Session], experiment_id: int) -> int | None:
-    with transaction(session_factory) as session:
-        return judged_from_epoch(session, experiment_id)
+        return read(session, *args)

@@ -1,14 +1,17 @@
-"""GET /experiments/{id} latency with and without a training run on the same machine.
+"""GET /experiments/{id} latency with and without a training run, and with event streams open.
 
 Starts the API on a fresh SQLite database, measures sequential GET requests for --seconds
-(idle), then starts a worker training the full data set and measures again, once with the
-training process niced (WORKER_NICE=10, the default) and once without (WORKER_NICE=0).
-Bounded by --seconds per phase.
+(idle), then with --streams event streams open on the experiment, then starts a worker training
+the full data set and measures again, once with the training process at normal priority
+(WORKER_NICE=0), once niced (WORKER_NICE=10, the default), and once niced with the streams open
+(they then carry its progress). Bounded by --seconds per phase.
 
     .venv/bin/python bench/api_latency.py [--seconds 15]
 """
 
 import argparse
+import asyncio
+import contextlib
 import os
 import platform
 import signal
@@ -16,7 +19,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2 as httpx
@@ -41,10 +47,57 @@ def measure(http: httpx.Client, path: str, seconds: float) -> dict:
     }
 
 
+@dataclass
+class Streams:
+    """Counts across the open streams: how many are open, and the events they have read."""
+
+    open: int = 0
+    events: int = 0
+
+
+@contextlib.contextmanager
+def event_streams(base: str, path: str, count: int) -> Iterator[Streams]:
+    """`count` streams open on `path`/events, read on an event loop of their own, until exit."""
+    streams = Streams()
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+
+    async def follow(http: httpx.AsyncClient) -> None:
+        async with http.stream("GET", f"{path}/events") as response:
+            response.raise_for_status()
+            streams.open += 1
+            if streams.open == count:
+                ready.set()
+            async for line in response.aiter_lines():
+                streams.events += line.startswith("event:")
+
+    async def run() -> None:
+        limits = httpx.Limits(max_connections=count + 1)
+        async with httpx.AsyncClient(base_url=base, timeout=None, limits=limits) as http:
+            followers = [asyncio.create_task(follow(http)) for _ in range(count)]
+            await stop.wait()
+            for follower in followers:
+                follower.cancel()
+            await asyncio.gather(*followers, return_exceptions=True)
+
+    stop = asyncio.Event()
+    thread = threading.Thread(target=loop.run_until_complete, args=(run(),))
+    thread.start()
+    if not ready.wait(60):
+        raise RuntimeError(f"only {streams.open} of {count} event streams opened")
+    try:
+        yield streams
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--streams", type=int, default=100)
     args = parser.parse_args()
+    streams_phase = f"{args.streams} event streams open"
     with tempfile.TemporaryDirectory() as directory:
         port = free_port()
         env = {
@@ -66,6 +119,9 @@ def main() -> None:
                 wait_healthy(f"http://127.0.0.1:{port}", api)
                 path = f"/experiments/{http.post('/experiments', json=LONG_RUN).json()['id']}"
                 results["no training"] = measure(http, path, args.seconds)
+                base = f"http://127.0.0.1:{port}"
+                with event_streams(base, path, args.streams):
+                    results[f"no training, {streams_phase}"] = measure(http, path, args.seconds)
                 for nice in ("0", "10"):
                     worker = subprocess.Popen(
                         [sys.executable, "-m", "service", "worker", "--device", "cpu"],
@@ -80,6 +136,11 @@ def main() -> None:
                             break
                         time.sleep(0.1)
                     results[f"training, WORKER_NICE={nice}"] = measure(http, path, args.seconds)
+                    if nice == "10":
+                        with event_streams(base, path, args.streams) as streams:
+                            phase = f"training, WORKER_NICE={nice}, {streams_phase}"
+                            results[phase] = measure(http, path, args.seconds)
+                        print(f"the streams read {streams.events} events while training")
                     worker.send_signal(signal.SIGTERM)
                     time.sleep(0.5)
                     worker.send_signal(signal.SIGTERM)

@@ -1,4 +1,5 @@
-"""Command line: `python -m service api|worker|up|migrate`."""
+"""Command line: `python -m service api|worker|up|migrate` runs the service;
+`convlab submit|study|ls|show|cancel|predict|curves` (or `python -m service ...`) uses it."""
 
 import argparse
 import logging
@@ -17,6 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Keep TensorFlow's C++ star
 
 from pydantic import ValidationError
 
+from service.cli.commands import CLIENT_COMMANDS, add_client_commands, run_client
 from service.settings import UnsafeExposureError, get_settings
 from service.threads import limit_backend_threads
 
@@ -176,11 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--drain", action="store_true", help="exit once the queue is empty")
     commands.add_parser("up", help="migrate, then run the API and one worker until Ctrl-C")
     commands.add_parser("migrate", help="upgrade the database schema to the newest revision")
+    add_client_commands(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    # A client machine has no server settings to check, and needs none.
+    if args.command in CLIENT_COMMANDS:
+        raise SystemExit(run_client(args))
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -10,7 +10,14 @@ before they start, so prometheus_client keeps these values in files the scrape a
 
 import os
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.multiprocess import MultiProcessCollector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -41,6 +48,12 @@ MODEL_CACHE_LOOKUPS = Counter(
     "convlab_model_cache_lookups",
     "Model look-ups by the serving path: a hit answers from memory, a miss loads the model",
     ["result"],
+)
+
+EVENT_STREAMS = Gauge(
+    "convlab_event_streams_open",
+    "Event streams open now (summed over the live API processes)",
+    multiprocess_mode="livesum",
 )
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Enum,
@@ -279,3 +280,23 @@ class TrainedModel(Base):
             size_bytes=len(keras_file),
             sha256=hashlib.sha256(keras_file).hexdigest(),
         )
+
+
+class Event(Base):
+    """One committed change a client can follow: a status change or a finished epoch.
+
+    Database triggers write these (migration 0007), in the transaction that made the change,
+    so no code path that changes a status or records an epoch can forget one. Streams read
+    them in (xid, id) order; see service/events.py for why the transaction id is part of it.
+    """
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_experiment_id_xid_id", "experiment_id", "xid", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # PostgreSQL's id of the writing transaction; 0 on SQLite, whose writers commit in id order.
+    xid: Mapped[int] = mapped_column(BigInteger)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())

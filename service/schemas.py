@@ -1,9 +1,9 @@
 """Pydantic views the API sends back; the spec users send is in service.spec."""
 
-from datetime import datetime
-from typing import Any, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from service.spec import ExperimentSpec
 
@@ -43,6 +43,38 @@ class EpochRead(BaseModel):
     seconds: float
     ms_per_step: float
     finished_at: datetime
+
+
+def _in_utc(value: datetime) -> datetime:
+    # SQLite's triggers write times without a zone; they are UTC.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+UTCTime = Annotated[datetime, AfterValidator(_in_utc)]
+
+
+class StatusEventRead(BaseModel):
+    """`event: status`: the experiment's status changed (history first, then live)."""
+
+    experiment_id: int
+    status: str
+    attempt: int = Field(description="attempts started so far; a retried run counts up")
+    at: UTCTime
+
+
+class EpochEventRead(EpochRead):
+    """`event: epoch`: an epoch was committed; the same row `epochs` lists."""
+
+    experiment_id: int
+    finished_at: UTCTime
+
+
+class ProgressEventRead(ProgressRead):
+    """`event: progress`: where training is, at most once per worker heartbeat; not kept, so
+    it carries no id."""
+
+    experiment_id: int
+    seconds: float = Field(description="since this attempt started")
 
 
 class ClassResultRead(BaseModel):

@@ -138,6 +138,25 @@ class Settings(BaseSettings):
         description="The longest a GET /experiments/{id}?wait= is held; keep it under the "
         "read timeout of any proxy in front.",
     )
+    max_event_streams: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="Event streams one API process holds open; past it a stream gets a 503.",
+    )
+    event_poll_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="How often an event stream reads the database on SQLite; PostgreSQL "
+        "wakes streams at once through LISTEN/NOTIFY and polls only as a fallback.",
+    )
+    event_stream_max_seconds: float = Field(
+        default=0,
+        ge=0,
+        description="Close an event stream after this long (its client resumes with "
+        "Last-Event-ID), e.g. under a proxy's read timeout; 0: never.",
+    )
 
     max_request_bytes: int = Field(
         default=64 * 1024, gt=0, description="Largest body of any route but /predict."

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import httpx2 as httpx
 import pytest
@@ -66,22 +67,33 @@ def wait_for_api(base: str, process: subprocess.Popen, timeout: float = 60) -> N
             time.sleep(0.2)
 
 
+def start_api(database_url: str, log: IO[str], **settings: str) -> tuple[subprocess.Popen, str]:
+    """`python -m service api` on its own port, answering; the caller stops it."""
+    port = free_port()
+    environment = {**os.environ, "DATABASE_URL": database_url, "PORT": str(port), **settings}
+    api = subprocess.Popen(
+        [sys.executable, "-m", "service", "api"],
+        cwd=ROOT,
+        env=environment,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_api(base, api)
+    except BaseException:
+        api.kill()
+        api.wait()
+        raise
+    return api, base
+
+
 @contextmanager
 def api_process(database_url: str, log_path: Path, **settings: str) -> Iterator[str]:
     """`python -m service api` on its own port; fails the test if it logged a traceback."""
-    port = free_port()
-    environment = {**os.environ, "DATABASE_URL": database_url, "PORT": str(port), **settings}
     with open(log_path, "w+") as log:
-        api = subprocess.Popen(
-            [sys.executable, "-m", "service", "api"],
-            cwd=ROOT,
-            env=environment,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        base = f"http://127.0.0.1:{port}"
+        api, base = start_api(database_url, log, **settings)
         try:
-            wait_for_api(base, api)
             yield base
         finally:
             api.terminate()

@@ -18,6 +18,8 @@ def test_schemathesis_finds_no_server_error_and_no_undocumented_status(database_
         "MAX_QUEUED": "20",  # 20 is reached: 429s are tested too.
         # Generated ?wait= values would hold each request up to a minute.
         "LONG_POLL_MAX_SECONDS": "0.2",
+        # An event stream of a queued experiment would stay open until the request timeout.
+        "EVENT_STREAM_MAX_SECONDS": "0.2",
     }
     with api_process(database_url, tmp_path / "api.log", **settings) as base:
         run = subprocess.run(

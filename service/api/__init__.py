@@ -13,12 +13,15 @@ from fastapi_offline import FastAPIOffline
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.api import experiments, metrics, predict, studies, workers
+from service.api import events, experiments, metrics, predict, studies, workers
 from service.api.database import POOL_SIZE, WRITE_SLOTS, Database
+from service.api.event_stream import StreamSlots
+from service.api.event_wakeup import EventWakeup
 from service.api.handlers import install_exception_handlers
 from service.api.heap import freeze_heap
 from service.api.limits import BodyLimit
 from service.api.security import CrossSiteRefusal, HostCheck, KeyRing
+from service.api.shutdown import ShutdownWatch
 from service.db import create_db_engine, create_session_factory
 from service.models import Worker
 from service.registry import alive_condition
@@ -61,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.model_server = ModelServer(app.state.database, settings, after_load=freeze_heap)
         stopping = asyncio.Event()
         watcher = asyncio.create_task(_watch_workers(app, settings.lease_seconds, stopping))
+        listener = _start_event_streams(app, settings, engine.dialect.name)
         freeze_heap()
         switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(GIL_SWITCH_SECONDS)
@@ -69,6 +73,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Not cancelled: a count in flight finishes and returns its connection first.
         stopping.set()
         await watcher
+        app.state.shutdown.uninstall()
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
         app.state.model_server.close()
         app.state.database.close()
         engine.dispose()
@@ -79,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(experiments.router)
+    app.include_router(events.router)
     app.include_router(predict.router)
     app.include_router(studies.router)
     app.include_router(workers.router)
@@ -94,6 +103,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return HealthRead(status="ok", workers_alive=app.state.workers_alive)
 
     return app
+
+
+def _start_event_streams(app: FastAPI, settings: Settings, dialect: str) -> asyncio.Task:
+    """The state event streams share: their slots, their wake-up and its PostgreSQL listener
+    (the returned task), and the news that the server is shutting down."""
+    app.state.event_slots = StreamSlots(settings.max_event_streams)
+    app.state.event_wakeup = EventWakeup()
+    app.state.event_listener_active = dialect == "postgresql"
+    app.state.shutdown = ShutdownWatch()
+    app.state.shutdown.install()
+    return asyncio.create_task(app.state.event_wakeup.listen(settings.database_url))
 
 
 def _add_middleware(app: FastAPI, settings: Settings) -> None:

@@ -20,7 +20,8 @@ ERROR_DESCRIPTIONS = {
     415: "the content type is not one the route reads",
     422: "the input is invalid; detail says what and where",
     429: "too many experiments queued for this key; retry after Retry-After seconds",
-    503: "the database is busy or unreachable; retry after Retry-After seconds",
+    503: "the database is busy or unreachable, or the server holds MAX_EVENT_STREAMS streams; "
+    "retry after Retry-After seconds",
 }
 
 
@@ -32,7 +33,16 @@ class ErrorRead(BaseModel):
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` entries for these error codes."""
-    return {code: {"model": ErrorRead, "description": ERROR_DESCRIPTIONS[code]} for code in codes}
+    return {
+        code: {
+            "model": ErrorRead,
+            "description": ERROR_DESCRIPTIONS[code],
+            # Said outright: FastAPI would give the model the route's own media type, which
+            # for an event stream is text/event-stream, while errors are JSON everywhere.
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorRead"}}},
+        }
+        for code in codes
+    }
 
 
 class ErrorResponse(JSONResponse):

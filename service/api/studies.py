@@ -127,7 +127,7 @@ async def create_study_route(
     response.headers["Location"] = f"/studies/{study_id}"
     if not created:
         response.status_code = status.HTTP_200_OK
-    return await database.read(lambda session: _read(session, study_id))
+    return await database.read(lambda session: read_study(session, study_id))
 
 
 def _same_request(study: Study, payload: StudyCreate, key: str) -> int:
@@ -140,7 +140,7 @@ def _same_request(study: Study, payload: StudyCreate, key: str) -> int:
     return study.id
 
 
-def _read(session: Session, study_id: int) -> StudyRead:
+def read_study(session: Session, study_id: int) -> StudyRead:
     study = get_study_or_404(session, study_id)
     return study_read(study, status_counts(session, study_id), study_runs(session, study_id))
 
@@ -190,7 +190,7 @@ async def get_study(
             media_type="text/csv",
             headers={"Content-Disposition": f'attachment; filename="study-{study_id}.csv"'},
         )
-    return await database.read(lambda session: _read(session, study_id))
+    return await database.read(lambda session: read_study(session, study_id))
 
 
 @router.post(
@@ -212,7 +212,7 @@ async def cancel_study_route(study_id: StudyId, database: DatabaseDep) -> StudyR
         cancel_study(session, study)
 
     await database.write(cancel)
-    return await database.read(lambda session: _read(session, study_id))
+    return await database.read(lambda session: read_study(session, study_id))
 
 
 @router.get(

@@ -151,9 +151,14 @@ def run_states(session: Session, condition: ColumnElement[bool]) -> list[RunStat
     ]
 
 
-def latest_cursor(session: Session, experiment_ids: Sequence[int]) -> Cursor:
-    """The newest committed event of these experiments, settled or not: once a stream is past
-    it, it has sent all there is."""
+def latest_cursor(
+    session: Session, experiment_ids: Sequence[int], read: list[LoggedEvent], after: Cursor
+) -> Cursor:
+    """The newest committed event of these experiments, settled or not, given the events
+    just `read` after `after`: once a stream is past it, it has sent all there is."""
+    if dialect_of(session) != "postgresql":
+        # Every committed event is settled here: a read that was not full read the newest.
+        return read[-1].cursor if read else after
     row = session.execute(
         select(Event.xid, Event.id)
         .where(Event.experiment_id.in_(experiment_ids))

@@ -132,7 +132,8 @@ class EventStream:
     def _read(self, session: Session) -> Reading:
         states = run_states(session, self.followed.condition)
         ids = [state.experiment_id for state in states]
-        return Reading(states, events_after(session, ids, self.cursor), latest_cursor(session, ids))
+        events = events_after(session, ids, self.cursor)
+        return Reading(states, events, latest_cursor(session, ids, events, self.cursor))
 
     async def events(self, waiting: Waiting) -> AsyncIterator[ServerSentEvent]:
         """The stream's events; a database error ends it quietly, as the client resumes."""

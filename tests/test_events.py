@@ -267,17 +267,25 @@ def test_two_api_processes_share_events_and_shutdown_ends_streams(database_url, 
             assert [e.event for e in events] == ["status", "status", "done", "closed"]
             assert time.monotonic() - cancelled_at < 3
 
-            # A stream open when the server is told to stop does not hold it up.
+            # A stream, or a long poll, open when the server is told to stop does not hold it
+            # up: the stream ends, the poll answers.
             waiting = httpx.post(f"{two_base}/experiments", json=TINY_SPEC).json()
             events.clear()
             follower = _follow_in_thread(f"{one_base}/experiments/{waiting['id']}/events", events)
+            polled: list[httpx.Response] = []
+            poll_url = f"{one_base}/experiments/{waiting['id']}?wait=60"
+            poller = threading.Thread(target=lambda: polled.append(httpx.get(poll_url, timeout=90)))
+            poller.start()
             _wait_for(lambda: len(events) >= 1)
+            time.sleep(0.3)  # The poll has arrived and is waiting.
             stopped_at = time.monotonic()
             one.send_signal(signal.SIGTERM)
             one.wait(10)
             assert time.monotonic() - stopped_at < 1.5
             follower.join(5)
+            poller.join(5)
             assert events[-1].event == "closed"
+            assert polled[0].status_code == 200 and polled[0].json()["status"] == "queued"
         finally:
             for process in (one, two):
                 process.terminate()

@@ -2,6 +2,7 @@
 clients that cannot read an event stream. No database connection is held while it waits."""
 
 import asyncio
+import contextlib
 import time
 
 from fastapi import Request
@@ -24,15 +25,19 @@ async def wait_for_change(
     seconds: float,
 ) -> None:
     """Return once the status differs from `changed_from` (by default the status now), the
-    experiment has ended, `seconds` have passed, or the client has gone."""
+    experiment has ended, `seconds` have passed, the client has gone, or the server is
+    stopping."""
     deadline = time.monotonic() + seconds
+    # A server told to stop answers at once rather than hold its shutdown for the wait.
+    stopping = request.app.state.shutdown.stopping
     current = await _status(database, experiment_id)
     seen = changed_from or current
     while current == seen and current not in FINAL_STATUSES and current is not None:
         left = deadline - time.monotonic()
-        if left <= 0 or await request.is_disconnected():
+        if left <= 0 or stopping.is_set() or await request.is_disconnected():
             return
-        await asyncio.sleep(min(POLL_SECONDS, left))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), min(POLL_SECONDS, left))
         current = await _status(database, experiment_id)
 
 

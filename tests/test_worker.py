@@ -23,6 +23,12 @@ from service.queue import Claim
 from service.worker import TrainingWorker
 from tests.conftest import POSTGRESQL_ONLY, ROOT, SQLITE_ONLY, submit
 
+# What these test is the worker's handling of its processes and signals. What it writes (a
+# release, a failure, a spent attempt) is tested on both databases in tests/test_leases.py,
+# and a worker process's claims, fencing and resumption below on both; each of these runs a
+# real worker and training process for 10–25 s, so once is enough.
+PROCESS_LIFECYCLE = SQLITE_ONLY
+
 FAST = {"WORKER_POLL_SECONDS": "0.1", "WORKER_HEARTBEAT_SECONDS": "0.2", "LEASE_SECONDS": "2"}
 
 
@@ -103,6 +109,7 @@ def test_unreached_threshold_trains_every_epoch(client, drain):
     assert body["stopped_early"] is False and body["stop_reason"] is None
 
 
+@PROCESS_LIFECYCLE
 def test_a_failing_run_ends_failed_at_once_without_retry(client, drain, settings, tmp_path: Path):
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -143,6 +150,7 @@ def test_several_worker_processes_claim_each_experiment_exactly_once(client):
     assert all(len(b["attempts"]) == 1 and len(b["epochs"]) == 1 for b in bodies)
 
 
+@PROCESS_LIFECYCLE
 def test_sigterm_finishes_the_epoch_requeues_without_spending_an_attempt(client):
     created = submit(client, epochs=50, train_samples=20000, batch_size=32)
     worker = start_worker(client.app.state.settings, SHUTDOWN_GRACE_SECONDS="60")
@@ -178,6 +186,7 @@ def test_sigterm_finishes_the_epoch_requeues_without_spending_an_attempt(client)
     assert [a["outcome"] for a in body["attempts"]] == ["requeued", "requeued"]
 
 
+@PROCESS_LIFECYCLE
 def test_grace_period_ending_mid_epoch_releases_the_experiment(client):
     created = submit(client, epochs=3, train_samples=20000, batch_size=16)
     worker = start_worker(client.app.state.settings, SHUTDOWN_GRACE_SECONDS="0.5")
@@ -297,6 +306,7 @@ def test_cancel_running_stops_within_seconds_and_keeps_finished_epochs(client):
     assert worker.returncode == 0, output
 
 
+@PROCESS_LIFECYCLE
 def test_a_run_that_keeps_killing_its_training_process_fails_after_max_attempts(client):
     created = submit(client, epochs=20, train_samples=6000, batch_size=16)
     worker = start_worker(client.app.state.settings, MAX_ATTEMPTS="2")

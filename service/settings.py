@@ -144,6 +144,13 @@ class Settings(BaseSettings):
         le=100_000,
         description="Event streams one API process holds open; past it a stream gets a 503.",
     )
+    max_event_streams_per_key: int = Field(
+        default=100,
+        ge=1,
+        le=100_000,
+        description="Of those, how many one API key may hold, so that one client cannot take "
+        "them all (without keys there is one client: only MAX_EVENT_STREAMS applies).",
+    )
     event_poll_seconds: float = Field(
         default=1.0,
         gt=0,

@@ -197,10 +197,34 @@ def test_streams_past_the_limit_get_a_503_with_retry_after(settings):
         assert _open_streams(client) == 0
 
 
-def _open_streams(client) -> float:
-    families = text_string_to_metric_families(client.get("/metrics").text)
+def _open_streams(client, **headers: str) -> float:
+    families = text_string_to_metric_families(client.get("/metrics", headers=headers).text)
     gauge = next(family for family in families if family.name == "convlab_event_streams_open")
     return gauge.samples[0].value
+
+
+@SQLITE_ONLY
+def test_one_key_cannot_take_every_stream(settings):
+    keys = ["first-key-0123456789", "second-key-0123456789"]
+    keyed = settings.model_copy(update={"api_keys": keys, "max_event_streams_per_key": 1})
+    first, second = ({"Authorization": f"Bearer {key}"} for key in keys)
+    with TestClient(create_app(keyed)) as client:
+        waiting = client.post("/experiments", json=TINY_SPEC, headers=first).json()
+        ended = client.post("/experiments", json=TINY_SPEC, headers=second).json()
+        client.post(f"/experiments/{ended['id']}/cancel", headers=second)
+        path = f"/experiments/{waiting['id']}/events"
+        held = threading.Thread(target=stream, args=(client, path), kwargs=first)
+        held.start()
+        _wait_for(lambda: _open_streams(client, **first) == 1)
+        refused = client.get(path, headers=first)
+        assert refused.status_code == 503 and refused.headers["retry-after"]
+        assert "MAX_EVENT_STREAMS_PER_KEY" in refused.json()["detail"]
+        # Another key still gets its stream (of an ended run: history, then `done`).
+        other = stream(client, f"/experiments/{ended['id']}/events", **second)
+        assert other[-1].event == "done"
+        client.post(f"/experiments/{waiting['id']}/cancel", headers=first)
+        held.join(10)
+        assert not held.is_alive() and _open_streams(client, **first) == 0
 
 
 @SQLITE_ONLY

@@ -108,7 +108,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def _start_event_streams(app: FastAPI, settings: Settings, dialect: str) -> asyncio.Task:
     """The state event streams share: their slots, their wake-up and its PostgreSQL listener
     (the returned task), and the news that the server is shutting down."""
-    app.state.event_slots = StreamSlots(settings.max_event_streams)
+    app.state.event_slots = StreamSlots(
+        settings.max_event_streams, settings.max_event_streams_per_key
+    )
     app.state.event_wakeup = EventWakeup()
     app.state.event_listener_active = dialect == "postgresql"
     app.state.shutdown = ShutdownWatch()

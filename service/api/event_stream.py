@@ -11,6 +11,7 @@ import asyncio
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -49,26 +50,43 @@ logger = logging.getLogger(__name__)
 
 
 class StreamSlots:
-    """How many streams this process has open, up to a limit."""
+    """How many streams this process has open, in all and per API key, up to limits."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, per_key: int) -> None:
         self.limit = limit
+        self.per_key = per_key
         self.open = 0
+        self._by_key: Counter[str] = Counter()
 
-    def take(self) -> None:
+    def take(self, owner: str | None) -> None:
         if self.open >= self.limit:
-            raise HTTPException(
-                status.HTTP_503_SERVICE_UNAVAILABLE,
-                f"this server already holds {self.limit} event streams (MAX_EVENT_STREAMS): "
-                f"retry in {RETRY_AFTER_SECONDS} s, or long-poll GET /experiments/{{id}}?wait=",
-                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            raise _too_many(
+                f"this server already holds {self.limit} event streams (MAX_EVENT_STREAMS)"
+            )
+        if owner is not None and self._by_key[owner] >= self.per_key:
+            raise _too_many(
+                f"this key already holds {self.per_key} event streams (MAX_EVENT_STREAMS_PER_KEY)"
             )
         self.open += 1
+        if owner is not None:
+            self._by_key[owner] += 1
         EVENT_STREAMS.inc()
 
-    def give_back(self) -> None:
+    def give_back(self, owner: str | None) -> None:
         self.open -= 1
+        if owner is not None:
+            self._by_key[owner] -= 1
+            if not self._by_key[owner]:
+                del self._by_key[owner]
         EVENT_STREAMS.dec()
+
+
+def _too_many(reason: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        f"{reason}: retry in {RETRY_AFTER_SECONDS} s, or long-poll GET /experiments/{{id}}?wait=",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
 
 
 @dataclass(frozen=True)

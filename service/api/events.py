@@ -16,7 +16,7 @@ from service.api.event_stream import NOTIFIED_POLL_SECONDS, EventStream, Followe
 from service.api.event_wakeup import experiment_key, study_key
 from service.api.experiments import ExperimentId, get_experiment_or_404
 from service.api.presenters import experiment_read
-from service.api.security import authenticate
+from service.api.security import CallerDep, authenticate
 from service.api.studies import StudyId, get_study_or_404, read_study
 from service.events import CURSOR_PATTERN, Cursor
 from service.models import Experiment
@@ -46,14 +46,15 @@ LastEventId = Annotated[
 ]
 
 
-async def stream_slot(request: Request) -> AsyncIterator[None]:
-    """One of this process's MAX_EVENT_STREAMS for the life of the stream, or a 503."""
+async def stream_slot(request: Request, caller: CallerDep) -> AsyncIterator[None]:
+    """One of this process's MAX_EVENT_STREAMS (and of the key's MAX_EVENT_STREAMS_PER_KEY)
+    for the life of the stream, or a 503."""
     slots = request.app.state.event_slots
-    slots.take()
+    slots.take(caller.owner)
     try:
         yield
     finally:
-        slots.give_back()
+        slots.give_back(caller.owner)
 
 
 def resume_cursor(last_event_id: LastEventId = "") -> Cursor:

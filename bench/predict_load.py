@@ -4,10 +4,13 @@ In one run on this machine: train the study's 2-conv network through the service
 `.keras` file, start the baseline (bench/baseline_server.py, same model file) and then the
 service's API, and drive each over loopback with wrk at 1, 8 and 32 concurrent connections,
 sending real Fashion-MNIST test images as multipart PNG uploads and as JSON arrays. Every run
-is bounded by --seconds. Each request carries one image, so requests/s = images/s. Then, at 32
-connections: the service with batching off and with the model given every core (what two of
-its settings change), how many images a request's model call held, and a breakdown of one
-request's time from the service's Server-Timing header.
+is bounded by --seconds. Each request carries one image, so requests/s = images/s. Then the
+service's Open Inference Protocol route (/v2/models/latest/infer) with binary and with JSON
+tensors, one image and 64 images a request, beside the model's own compiled-call throughput
+on 64-image batches (`predict_on_batch` in a process of its own with the service's thread
+setting, no HTTP). Then, at 32 connections: the service with batching off and with the model
+given every core (what two of its settings change), how many images a request's model call
+held, and a breakdown of one request's time from the service's Server-Timing header.
 Needs wrk (`apt-get install wrk`; `make bench` installs it).
 
     .venv/bin/python bench/predict_load.py [--seconds 5] [--api-workers 1]
@@ -29,6 +32,7 @@ import time
 from pathlib import Path
 
 import httpx2 as httpx
+import numpy as np
 from common import ROOT, free_port, train_through_service, wait_healthy
 from PIL import Image
 
@@ -36,6 +40,8 @@ from service.datasets import load_fashion_mnist
 
 BOUNDARY = "convlabbenchboundary"
 IMAGES = 64
+# Images per Open Inference Protocol request.
+OIP_BATCHES = (1, 64)
 SPEC = {
     "name": "bench",
     "conv_layers": 2,
@@ -92,17 +98,84 @@ def png(image) -> bytes:
     return buffer.getvalue()
 
 
-def write_script(path: Path, content_type: str, bodies: list[bytes], done: str = DONE) -> None:
+def write_script(
+    path: Path,
+    content_type: str,
+    bodies: list[bytes],
+    done: str = DONE,
+    headers: dict[str, str] | None = None,
+) -> None:
     table = ",\n".join(lua_string(body) for body in bodies)
+    fields = "".join(f', ["{name}"] = "{value}"' for name, value in {**(headers or {})}.items())
     path.write_text(
         f"bodies = {{\n{table}\n}}\n"
         "counter = 0\n"
         "request = function()\n"
         "  counter = counter % #bodies + 1\n"
-        f'  local headers = {{["Content-Type"] = "{content_type}"}}\n'
+        f'  local headers = {{["Content-Type"] = "{content_type}"{fields}}}\n'
         '  return wrk.format("POST", nil, headers, bodies[counter])\n'
         "end\n" + done
     )
+
+
+def oip_bodies(images: np.ndarray, per_request: int, binary: bool) -> tuple[list[bytes], dict]:
+    """OIP inference requests of `per_request` UINT8 images each, and their extra headers."""
+    bodies, header_length = [], None
+    for start in range(0, len(images), per_request):
+        batch = images[start : start + per_request]
+        tensor = {"name": "images", "datatype": "UINT8", "shape": [len(batch), 28, 28, 1]}
+        outputs = [{"name": "probabilities", "parameters": {"binary_data": binary}}]
+        if binary:
+            tensor["parameters"] = {"binary_data_size": batch.nbytes}
+        else:
+            tensor["data"] = batch.reshape(-1).tolist()
+        header = json.dumps({"inputs": [tensor], "outputs": outputs}).encode()
+        bodies.append(header + (batch.tobytes() if binary else b""))
+        header_length = len(header)
+    extra = {"Inference-Header-Content-Length": str(header_length)} if binary else {}
+    return bodies, extra
+
+
+def write_oip_scripts(scripts: Path, images: np.ndarray) -> None:
+    for per_request in OIP_BATCHES:
+        for binary in (True, False):
+            bodies, headers = oip_bodies(images, per_request, binary)
+            content_type = "application/octet-stream" if binary else "application/json"
+            name = f"oip-{'binary' if binary else 'json'}-{per_request}.lua"
+            write_script(scripts / name, content_type, bodies, headers=headers)
+
+
+def model_only(model_path: Path, env: dict, seconds: int) -> float:
+    """Images/s of the model's compiled call on 64-image batches, in a process of its own."""
+    output = subprocess.run(
+        [sys.executable, __file__, "--model-only", str(model_path), "--seconds", str(seconds)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 120,
+        check=True,
+    ).stdout
+    return float(output.strip().splitlines()[-1])
+
+
+def measure_model_only(model_path: Path, seconds: int) -> None:
+    """Print the images/s of `predict_on_batch` on 64 test images, as the service calls it."""
+    from service.ml.model import load_model_bytes
+    from service.settings import get_settings
+    from service.threads import limit_backend_threads
+
+    limit_backend_threads(get_settings().inference_threads)
+    model = load_model_bytes(model_path.read_bytes())
+    pixels = (load_fashion_mnist().test_images[:IMAGES] / 255.0).astype(np.float32)
+    batch = pixels[..., np.newaxis]
+    for _ in range(20):
+        model.predict_on_batch(batch)
+    calls, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        model.predict_on_batch(batch)
+        calls += 1
+    print(calls * IMAGES / (time.perf_counter() - started))
 
 
 def multipart(data: bytes) -> bytes:
@@ -187,6 +260,20 @@ def load_grid(url: str, scripts: Path, seconds: int, connections: tuple[int, ...
     return results
 
 
+def oip_grid(url: str, scripts: Path, seconds: int, connections: tuple[int, ...]) -> dict:
+    results = {}
+    for per_request in OIP_BATCHES:
+        for kind in ("binary", "json"):
+            for count in connections:
+                script = scripts / f"oip-{kind}-{per_request}.lua"
+                result = wrk(f"{url}/v2/models/latest/infer", script, count, seconds)
+                result["images_per_second"] = result["rps"] * per_request
+                results[kind, per_request, count] = result
+                print("oip", kind, per_request, count, result, flush=True)
+                wait_idle(url)
+    return results
+
+
 def server_timing_breakdown(url: str, bodies: list[bytes], count: int = 300) -> dict:
     """Median client latency and the server's own read/model split, one request at a time."""
     client_ms, read_ms, model_ms = [], [], []
@@ -212,7 +299,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--api-workers", type=int, default=1, help="the service's API_WORKERS")
+    parser.add_argument("--model-only", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.model_only is not None:
+        measure_model_only(args.model_only, args.seconds)
+        return
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: apt-get install wrk")
 
@@ -228,6 +319,7 @@ def main() -> None:
         write_script(scripts / "batches.lua", png_type, png_bodies, BATCH_SIZES)
         json_bodies = [json.dumps({"instances": [image.tolist()]}).encode() for image in images]
         write_script(scripts / "json.lua", "application/json", json_bodies)
+        write_oip_scripts(scripts, images)
 
         port = free_port()
         baseline_command = [
@@ -241,9 +333,11 @@ def main() -> None:
         service_env = {**env, "PORT": str(port), "API_WORKERS": str(args.api_workers)}
         with serving(service_command, service_env, port, scripts) as url:
             service = load_grid(url, scripts, args.seconds, grid)
+            oip = oip_grid(url, scripts, args.seconds, grid)
             batches = wrk(f"{url}/predict", scripts / "batches.lua", 32, args.seconds)
             wait_idle(url)
             breakdown = server_timing_breakdown(url, png_bodies)
+        model_images_per_second = model_only(model_path, service_env, args.seconds)
         variants = {}
         for name, overrides in VARIANTS.items():
             with serving(service_command, {**service_env, **overrides}, port, scripts) as url:
@@ -268,6 +362,7 @@ def main() -> None:
                 f"{ours['p50_ms']:.2f} / {ours['p99_ms']:.2f} | "
                 f"{base['errors']} / {ours['errors']} |"
             )
+    print_oip(oip, service, grid, model_images_per_second)
     print("\n| service at 32 clients | png req/s | json req/s | png p50 / p99 ms |")
     print("|---|---|---|---|")
     for name, results in {"as configured": service, **variants}.items():
@@ -286,6 +381,28 @@ def main() -> None:
         f"reading+decoding {breakdown['read']:.2f} ms + batching+model {breakdown['model']:.2f} ms "
         f"+ HTTP, routing and JSON {http_ms:.2f} ms"
     )
+
+
+def print_oip(oip: dict, service: dict, grid: tuple[int, ...], model_rate: float) -> None:
+    print(
+        f"\nmodel only, predict_on_batch on 64 images: {model_rate:.0f} images/s\n"
+        "\n| OIP tensors | images / request | clients | req/s | images/s | of model only | "
+        "p50 / p99 ms | errors |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for per_request in OIP_BATCHES:
+        for kind in ("binary", "json"):
+            for count in grid:
+                result = oip[kind, per_request, count]
+                print(
+                    f"| {kind} | {per_request} | {count} | {result['rps']:.0f} | "
+                    f"{result['images_per_second']:.0f} | "
+                    f"{result['images_per_second'] / model_rate:.0%} | "
+                    f"{result['p50_ms']:.2f} / {result['p99_ms']:.2f} | {result['errors']} |"
+                )
+    for count in grid:
+        single = oip["binary", 1, count]["rps"] / service["png", count]["rps"]
+        print(f"one image, {count} clients: OIP binary / PNG upload = {single:.2f}×")
 
 
 if __name__ == "__main__":

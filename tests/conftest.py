@@ -239,6 +239,18 @@ def drain(settings: Settings, session_factory: sessionmaker[Session], kept_train
     return _drain
 
 
+def train_queued(settings: Settings, kept_trainers) -> None:
+    """Train everything queued in `settings.database_url`, in this process (module fixtures)."""
+    engine = create_db_engine(settings.database_url)
+    TrainingWorker(
+        settings,
+        create_session_factory(engine),
+        device="cpu",
+        trainer_factory=lambda: kept_trainers(settings),
+    ).run(drain=True)
+    engine.dispose()
+
+
 def submit(client: TestClient, **overrides) -> dict:
     response = client.post("/experiments", json={**TINY_SPEC, **overrides})
     assert response.status_code == 202, response.text

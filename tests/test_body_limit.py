@@ -21,7 +21,7 @@ def test_a_body_that_trickles_in_past_the_deadline_is_a_408(monkeypatch):
             seen.append(await receive())
 
     async def scenario() -> None:
-        limited = limits.BodyLimit(app, default=1000, limits={})
+        limited = limits.BodyLimit(app, default=1000, upload=1000)
         scope = {"type": "http", "path": "/experiments", "headers": []}
         with pytest.raises(HTTPException) as refused:
             await limited(scope, trickle, None)

@@ -15,12 +15,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image, PngImagePlugin
 
-from service.api import create_app
-from service.api import predict as predict_route
-from service.db import create_db_engine, create_session_factory
+from service.api import create_app, image_batches
 from service.settings import Settings
-from service.worker import TrainingWorker
-from tests.conftest import ROOT, free_port, upgrade, wait_for_api
+from tests.conftest import ROOT, free_port, train_queued, upgrade, wait_for_api
 
 SAMPLE = 200
 
@@ -46,14 +43,7 @@ def trained(predict_database, kept_trainers):
     with TestClient(create_app(settings)) as client:
         spec = {"conv_layers": 1, "filters": 16, "epochs": 2, "train_samples": 3000, "seed": 3}
         experiment = client.post("/experiments", json=spec).json()
-        engine = create_db_engine(url)
-        TrainingWorker(
-            settings,
-            create_session_factory(engine),
-            device="cpu",
-            trainer_factory=lambda: kept_trainers(settings),
-        ).run(drain=True)
-        engine.dispose()
+        train_queued(settings, kept_trainers)
         yield client, client.get(f"/experiments/{experiment['id']}").json()
 
 
@@ -233,7 +223,7 @@ def test_small_pictures_decode_on_the_event_loop_and_large_ones_in_a_thread(
         sent_to_threads.append(function.__name__)
         return function(*args)
 
-    monkeypatch.setattr(predict_route, "run_in_threadpool", recording_run_in_threadpool)
+    monkeypatch.setattr(image_batches, "run_in_threadpool", recording_run_in_threadpool)
 
     def threads_used(data: bytes) -> list[str]:
         sent_to_threads.clear()

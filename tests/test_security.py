@@ -26,6 +26,10 @@ def bearer(key: str) -> dict:
     return {"Authorization": f"Bearer {key}"}
 
 
+# Probes, which carry no key: the service's own and the Open Inference Protocol's.
+KEYLESS = {"/health", "/v2", "/v2/health/live", "/v2/health/ready"}
+
+
 @SQLITE_ONLY
 def test_with_keys_every_route_but_health_needs_a_valid_key(keyed_settings):
     with TestClient(create_app(keyed_settings)) as client:
@@ -34,7 +38,7 @@ def test_with_keys_every_route_but_health_needs_a_valid_key(keyed_settings):
             (method.upper(), re.sub(r"\{[^}]+\}", "1", path))
             for path, operations in client.app.openapi()["paths"].items()
             for method in operations
-            if path != "/health"
+            if path not in KEYLESS
         ]
         assert ("GET", "/metrics") in routes and ("POST", "/studies") in routes
         for method, path in routes:
@@ -42,9 +46,11 @@ def test_with_keys_every_route_but_health_needs_a_valid_key(keyed_settings):
             assert missing.status_code == 401, (method, path)
             assert missing.headers["www-authenticate"].startswith("Bearer")
             wrong = client.request(method, path, json=TINY_SPEC, headers=bearer("x" * 30))
-            assert wrong.status_code == 401 and "not valid" in wrong.json()["detail"]
+            message = wrong.json().get("detail") or wrong.json()["error"]  # /v1 and /v2: error
+            assert wrong.status_code == 401 and "not valid" in message
             assert 'error="invalid_token"' in wrong.headers["www-authenticate"]
-        assert client.get("/health").status_code == 200
+        for path in KEYLESS:
+            assert client.get(path).status_code == 200, path
         assert client.get("/experiments", headers=bearer(KEY)).status_code == 200
         created = client.post("/experiments", json=TINY_SPEC, headers=bearer(OTHER_KEY))
         assert created.status_code == 202
@@ -224,7 +230,7 @@ def test_every_operation_but_health_asks_for_the_bearer_key(client):
     document = client.get("/openapi.json").json()
     for path, operations in document["paths"].items():
         for method, operation in operations.items():
-            if path == "/health":
+            if path in KEYLESS:
                 assert "security" not in operation
             else:
                 assert operation.get("security") == [{"HTTPBearer": []}], (method, path)

@@ -13,7 +13,7 @@ from fastapi_offline import FastAPIOffline
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.api import events, experiments, metrics, predict, studies, workers
+from service.api import events, experiments, metrics, oip, predict, studies, tfserving, workers
 from service.api.database import POOL_SIZE, WRITE_SLOTS, Database
 from service.api.event_stream import StreamSlots
 from service.api.event_wakeup import EventWakeup
@@ -89,6 +89,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(experiments.router)
     app.include_router(events.router)
     app.include_router(predict.router)
+    app.include_router(oip.public)
+    app.include_router(oip.router)
+    app.include_router(tfserving.router)
     app.include_router(studies.router)
     app.include_router(workers.router)
     app.include_router(metrics.router)
@@ -124,7 +127,7 @@ def _add_middleware(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(
         BodyLimit,
         default=settings.max_request_bytes,
-        limits={"/predict": settings.max_upload_bytes},
+        upload=settings.max_upload_bytes,
     )
     app.add_middleware(CrossSiteRefusal, allowed_origins=settings.cors_origins)
     if settings.cors_origins:

@@ -25,10 +25,55 @@ ERROR_DESCRIPTIONS = {
 }
 
 
+# The serving protocols (TensorFlow Serving under /v1, Open Inference Protocol under /v2) have
+# an error body of their own, which their clients read.
+PROTOCOL_PREFIXES = ("/v1/", "/v2/")
+
+
+PROTOCOL_ERROR_DESCRIPTIONS = {
+    400: "the request breaks the protocol or does not fit the model; error says how",
+    404: "no such model, or no such version of it",
+    409: "the model's experiment has not finished training",
+}
+
+
 class ErrorRead(BaseModel):
     """What went wrong: a sentence, or for 422 the list of invalid fields."""
 
     detail: str | list[dict[str, Any]]
+
+
+class ProtocolErrorRead(BaseModel):
+    """What went wrong, as the serving protocols say it."""
+
+    error: str
+
+
+def speaks_protocol(path: str) -> bool:
+    """Whether `path` belongs to a serving protocol, whose errors read {"error": "..."}."""
+    return path == "/v2" or path.startswith(PROTOCOL_PREFIXES)
+
+
+def error_content(path: str, detail: str | list[dict[str, Any]]) -> dict[str, Any]:
+    """The error body for a route at `path`: {"detail": ...}, or a protocol's {"error": ...}."""
+    if not speaks_protocol(path):
+        return {"detail": detail}
+    if isinstance(detail, list):
+        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in detail)
+    return {"error": detail}
+
+
+def protocol_error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries for a serving protocol's error codes."""
+    schema = {"$ref": "#/components/schemas/ProtocolErrorRead"}
+    return {
+        code: {
+            "model": ProtocolErrorRead,
+            "description": PROTOCOL_ERROR_DESCRIPTIONS.get(code, ERROR_DESCRIPTIONS[code]),
+            "content": {"application/json": {"schema": schema}},
+        }
+        for code in codes
+    }
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:

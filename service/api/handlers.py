@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from service.api.database import DatabaseBusyError
-from service.api.errors import ECHO_LIMIT, ErrorResponse, short
+from service.api.errors import ECHO_LIMIT, ErrorResponse, error_content, short, speaks_protocol
 from service.queue import QueueFullError
 
 logger = logging.getLogger(__name__)
@@ -33,12 +33,14 @@ def install_exception_handlers(app: FastAPI) -> None:
         app.add_exception_handler(error_type, _database_unavailable)
 
 
-async def _database_unavailable(_request: Request, error: Exception) -> ErrorResponse:
+async def _database_unavailable(request: Request, error: Exception) -> ErrorResponse:
     # The driver's text names hosts and users: it goes to the log, not to the client.
     logger.warning("database unavailable: %s", getattr(error, "orig", None) or error)
     return ErrorResponse(
         status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-        content={"detail": "the database is unavailable or busy: retry shortly"},
+        content=error_content(
+            request.url.path, "the database is unavailable or busy: retry shortly"
+        ),
         headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
     )
 
@@ -52,7 +54,7 @@ async def _queue_full(_request: Request, error: QueueFullError) -> ErrorResponse
     )
 
 
-async def _invalid_request(_request: Request, error: RequestValidationError) -> ErrorResponse:
+async def _invalid_request(request: Request, error: RequestValidationError) -> ErrorResponse:
     """FastAPI's 422, without echoing the input back (it may be megabytes) or its internals."""
     errors = []
     for entry in error.errors():
@@ -63,7 +65,8 @@ async def _invalid_request(_request: Request, error: RequestValidationError) -> 
             brief["input"] = echo
         errors.append(brief)
     return ErrorResponse(
-        status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, content={"detail": errors}
+        status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+        content=error_content(request.url.path, errors),
     )
 
 
@@ -79,7 +82,13 @@ async def _http_error(request: Request, error: StarletteHTTPException) -> Respon
         reason = str(error.__cause__)[:ECHO_LIMIT] or type(error.__cause__).__name__
         return ErrorResponse(
             status_code=status.HTTP_400_BAD_REQUEST,
-            content={"detail": f"the body cannot be read as JSON: {reason}"},
+            content=error_content(request.url.path, f"the body cannot be read as JSON: {reason}"),
+        )
+    if speaks_protocol(request.url.path) and error.status_code != 405:
+        return ErrorResponse(
+            status_code=error.status_code,
+            content=error_content(request.url.path, error.detail),
+            headers=error.headers,
         )
     if error.status_code != status.HTTP_405_METHOD_NOT_ALLOWED:
         return await http_exception_handler(request, error)
@@ -89,10 +98,11 @@ async def _http_error(request: Request, error: StarletteHTTPException) -> Respon
     ]
     return ErrorResponse(
         status_code=status.HTTP_405_METHOD_NOT_ALLOWED,
-        content={
-            "detail": f"{request.method} is not allowed on {short(request.url.path)}: "
-            f"use {', '.join(allowed)}"
-        },
+        content=error_content(
+            request.url.path,
+            f"{request.method} is not allowed on {short(request.url.path)}: "
+            f"use {', '.join(allowed)}",
+        ),
         headers={"Allow": ", ".join(allowed)},
     )
 

@@ -1,16 +1,21 @@
 """A size limit on every request body, refused with a 413 before it is read in full."""
 
 import asyncio
+import re
 import time
 
 from fastapi import HTTPException, status
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.errors import ErrorResponse
+from service.api.errors import ErrorResponse, error_content
 
 # Long enough for 5 MiB over a slow link; short enough that trickled bodies do not pile up.
 BODY_READ_SECONDS = 60
+# The routes that take images: /predict and the serving protocols' inference routes.
+UPLOAD_PATHS = re.compile(
+    r"/predict|/v2/models/[^/]+(/versions/[^/]+)?/infer|/v1/models/[^/]+(/versions/[^/]+)?:predict"
+)
 
 
 def _too_large(limit: int) -> str:
@@ -18,39 +23,41 @@ def _too_large(limit: int) -> str:
 
 
 class BodyLimit:
-    """Bound every body: `limits` by path, `default` elsewhere, and its arrival in time.
+    """Bound every body: `upload` on UPLOAD_PATHS, `default` elsewhere, and its arrival in time.
 
     A declared Content-Length over the limit is answered at once; a chunked body is counted
     as it arrives, and the handler reading it gets a 413. A body still arriving after
     BODY_READ_SECONDS gets a 408, so a client that trickles bytes cannot hold memory for good.
     """
 
-    def __init__(self, app: ASGIApp, *, default: int, limits: dict[str, int]) -> None:
+    def __init__(self, app: ASGIApp, *, default: int, upload: int) -> None:
         self.app = app
         self.default = default
-        self.limits = limits
+        self.upload = upload
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.limits.get(scope["path"], self.default)
+        path = scope["path"]
+        limit = self.upload if UPLOAD_PATHS.fullmatch(path) else self.default
         declared = Headers(scope=scope).get("content-length")
         if declared is not None:
-            refusal = _declared_refusal(declared, limit)
+            refusal = _declared_refusal(declared, limit, path)
             if refusal is not None:
                 await refusal(scope, receive, send)
                 return
         await self.app(scope, _bounded(receive, limit), send)
 
 
-def _declared_refusal(declared: str, limit: int) -> ErrorResponse | None:
+def _declared_refusal(declared: str, limit: int, path: str) -> ErrorResponse | None:
     # Twenty digits are past any body; int() is never asked to read a long string.
     if not (declared.isascii() and declared.isdigit() and len(declared) <= 20):
-        return ErrorResponse({"detail": "invalid Content-Length"}, status_code=400)
+        return ErrorResponse(error_content(path, "invalid Content-Length"), status_code=400)
     if int(declared) > limit:
         return ErrorResponse(
-            {"detail": _too_large(limit)}, status_code=status.HTTP_413_CONTENT_TOO_LARGE
+            error_content(path, _too_large(limit)),
+            status_code=status.HTTP_413_CONTENT_TOO_LARGE,
         )
     return None
 

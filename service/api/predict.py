@@ -4,19 +4,16 @@ This module reads the request and writes the response; the model server (service
 chooses, loads and batches the model.
 """
 
-import json
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from service.api.deps import ModelServerDep, SettingsDep
 from service.api.errors import error_responses
+from service.api.image_batches import decoded_batch
 from service.api.security import authenticate
 from service.api.uploads import (
     MalformedMultipartError,
@@ -27,22 +24,12 @@ from service.api.uploads import (
 from service.architecture import IMAGE_SIZE
 from service.datasets import CLASS_NAMES
 from service.schemas import MAX_DATABASE_ID, PredictResponse
-from service.serving.images import ImageTooLargeError, InvalidImageError
-from service.serving.instances import Instance, decoding_pixels, open_instances, to_batch
+from service.serving.json_documents import InvalidJSONError, load_json
 from service.serving.model_server import ModelServer, ServedModel
 from service.serving.resolver import ExperimentNotFoundError, ModelNotReadyError
 from service.settings import Settings
 
 router = APIRouter(tags=["predict"], dependencies=[Depends(authenticate)])
-
-# Work small enough to cost less than a thread hop runs on the event loop, the rest in a
-# thread. Reading a header costs time in proportion to the file, not to its pixels (5 MB of
-# empty PNG chunks took 1.6 s), so only files this small are opened inline; a 28×28 PNG
-# takes under 1 kB.
-INLINE_OPEN_BYTES = 4096
-# Decoding costs time in proportion to the pixels the header announces, counted on the padded
-# square (784 for a 28×28 instance): a 177-byte PNG can hold 50,000 rows.
-INLINE_DECODE_PIXELS = 4096
 
 MEDIA_TYPES = (
     "multipart/form-data (field 'image'), application/json ({'instances': [...]}) or image/*"
@@ -129,15 +116,9 @@ def _uploads(content_type: str, media_type: str, body: bytes, settings: Settings
 
 def _instances(body: bytes, settings: Settings) -> list:
     try:
-        document = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise _unprocessable(f"the body is not valid JSON ({error})") from None
-    except ValueError:
-        # How Python refuses an integer of over 4,300 digits; its message would advise
-        # changing an interpreter setting.
-        raise _unprocessable("the body's JSON holds a number with too many digits") from None
-    except RecursionError:
-        raise _unprocessable("the body's JSON is nested too deeply") from None
+        document = load_json(body, "the body")
+    except InvalidJSONError as error:
+        raise _unprocessable(str(error)) from None
     instances = document.get("instances") if isinstance(document, dict) else None
     if not isinstance(instances, list) or not instances:
         raise _unprocessable('send {"instances": [...]} with 28×28 arrays or {"b64": ...} items')
@@ -146,53 +127,6 @@ def _instances(body: bytes, settings: Settings) -> list:
             f"{len(instances)} instances, over the limit of {settings.max_predict_instances}"
         )
     return instances
-
-
-@contextmanager
-def _image_errors() -> Iterator[None]:
-    """An instance that cannot be read, as a 413 (over a budget) or a 422."""
-    try:
-        yield
-    except ImageTooLargeError as error:
-        raise payload_too_large(str(error)) from None
-    except InvalidImageError as error:
-        raise _unprocessable(str(error)) from None
-
-
-def _open_all(uploads: list, settings: Settings) -> list[Instance]:
-    """The uploads with their headers read, refused together past the request's budget."""
-    with _image_errors():
-        return open_instances(
-            uploads, max_pixels=settings.max_image_pixels, max_side=settings.max_image_side
-        )
-
-
-def _to_batch(instances: list[Instance], invert: bool | None) -> np.ndarray:
-    """The instances decoded into one N×28×28 batch scaled to [0, 1]."""
-    with _image_errors():
-        return to_batch(instances, invert=invert)
-
-
-async def _read_images(
-    content_type: str, media_type: str, body: bytes, settings: Settings, invert: bool | None
-) -> np.ndarray:
-    """The request's images as one batch: small ones decoded inline, the rest in a thread."""
-    if len(body) > INLINE_OPEN_BYTES:
-        # Parsing a large body is work too (5 MB of JSON, or of tiny multipart parts).
-        return await run_in_threadpool(
-            _decode_all, content_type, media_type, body, settings, invert
-        )
-    instances = _open_all(_uploads(content_type, media_type, body, settings), settings)
-    if decoding_pixels(instances) <= INLINE_DECODE_PIXELS:
-        return _to_batch(instances, invert)
-    return await run_in_threadpool(_to_batch, instances, invert)
-
-
-def _decode_all(
-    content_type: str, media_type: str, body: bytes, settings: Settings, invert: bool | None
-) -> np.ndarray:
-    uploads = _uploads(content_type, media_type, body, settings)
-    return _to_batch(_open_all(uploads, settings), invert)
 
 
 async def _serving_model(model_server: ModelServer, experiment_id: int | None) -> ServedModel:
@@ -248,7 +182,9 @@ async def predict(
         raise _unprocessable(f"the body is empty: send {MEDIA_TYPES}")
     chosen_id, batcher = await _serving_model(model_server, experiment_id)
     async with batcher.arriving() as ticket:
-        pixels = await _read_images(content_type, media_type, body, settings, invert)
+        pixels = await decoded_batch(
+            lambda: _uploads(content_type, media_type, body, settings), len(body), settings, invert
+        )
         decoded = time.perf_counter()
         answer = await batcher.predict(pixels, ticket)
     finished = time.perf_counter()

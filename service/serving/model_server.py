@@ -13,7 +13,7 @@ from anyio import to_thread
 
 from service.serving.batching import MicroBatcher, batch_sizes
 from service.serving.model_cache import LoadedModel, ModelCache
-from service.serving.resolver import ModelResolver, ReadOnlyDatabase, stored_model
+from service.serving.resolver import ModelResolver, ReadOnlyDatabase, Target, stored_model
 from service.settings import Settings
 
 
@@ -48,14 +48,17 @@ class ModelServer:
         self._batchers: dict[int, tuple[LoadedModel, MicroBatcher]] = {}
         self._batchers_lock = threading.Lock()  # Loads drop batchers from their own threads.
 
-    async def model_for(self, experiment_id: int | None) -> ServedModel:
-        """The model that serves `experiment_id` (None: the latest succeeded), loaded.
+    async def chosen(self, target: Target) -> tuple[int, str]:
+        """The experiment that serves `target`, and its model's checksum; nothing is loaded.
 
-        Raises ExperimentNotFoundError or ModelNotReadyError when none can.
+        Raises ExperimentNotFoundError, StudyNotFoundError or ModelNotReadyError when none can.
         """
-        resolver = self.resolver
-        chosen = resolver.cached(experiment_id) or await resolver.resolve(experiment_id)
-        chosen_id, sha256 = chosen
+        return self.resolver.cached(target) or await self.resolver.resolve(target)
+
+    async def model_for(self, target: Target) -> ServedModel:
+        """The model that serves `target` (an experiment id, a study's best run, or None: the
+        latest succeeded), loaded; raises as `chosen` does."""
+        chosen_id, sha256 = await self.chosen(target)
         if self.cache.holds(chosen_id, sha256):
             loaded = self.cache.get(chosen_id, sha256, self._fetcher(chosen_id))
         else:

@@ -247,6 +247,14 @@ PIXELS = np.zeros((1, 28, 28, 1), np.float32).tobytes()
         ("/v2/models/latest/infer", {"json": image_input(data=[2.0] * 784)}, 400, "between 0"),
         ("/v2/models/latest/infer", {"json": image_input(data=["0"] * 784)}, 400, "numbers"),
         ("/v2/models/latest/infer", {"content": b"{"}, 400, "not valid JSON"),
+        # Unhashable where a name is expected: a set look-up would raise TypeError.
+        ("/v2/models/latest/infer", {"json": image_input(["FP32"], data=[0] * 784)}, 400, "FP32"),
+        (
+            "/v2/models/latest/infer",
+            {"json": {**image_input(data=[0] * 784), "outputs": [{"name": ["labels"]}]}},
+            400,
+            "outputs are",
+        ),
         (
             "/v2/models/latest/infer",
             binary_request(image_input(parameters={"binary_data_size": 3136}), PIXELS, 10**6),

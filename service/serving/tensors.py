@@ -106,7 +106,7 @@ def _input_pixels(
     if tensor.get("name") != INPUT_NAME:
         raise TensorError(f"the model's input is named {INPUT_NAME!r}")
     datatype = tensor.get("datatype")
-    if datatype not in INPUT_DATATYPES:
+    if not isinstance(datatype, str) or datatype not in INPUT_DATATYPES:
         raise TensorError(
             f"datatype {str(datatype)[:20]!r} is not served: send FP32 (0–1) or UINT8 (0–255)"
         )
@@ -195,7 +195,7 @@ def _requested_outputs(document: dict[str, Any]) -> tuple[RequestedOutput, ...]:
 
 def _requested_output(output: object, binary: bool) -> RequestedOutput:
     name = output.get("name") if isinstance(output, dict) else None
-    if name not in OUTPUTS:
+    if not isinstance(name, str) or name not in OUTPUTS:
         raise TensorError(f"the model's outputs are {', '.join(map(repr, OUTPUTS))}")
     parameters = output.get("parameters") or {}
     if not isinstance(parameters, dict):

@@ -20,6 +20,7 @@ from kserve.protocol.rest.v2_datamodels import ModelMetadataResponse, ServerMeta
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
+from service import __version__
 from service.api import create_app
 from service.settings import Settings
 from tests.conftest import TINY_SPEC, api_process, train_queued, upgrade
@@ -92,11 +93,14 @@ def test_tritonclient_reads_health_metadata_and_config(served):
     assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
     metadata = client.get_model_metadata(name)
     assert metadata["versions"] == ["1"]
-    assert metadata["inputs"] == [{"name": "images", "datatype": "FP32", "shape": [-1, 28, 28, 1]}]
+    # UINT8, so that perf_analyzer's random bytes are pixels; FP32 is read too.
+    assert metadata["inputs"] == [{"name": "images", "datatype": "UINT8", "shape": [-1, 28, 28, 1]}]
     assert {"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]} in metadata["outputs"]
     config = client.get_model_config(name)
     assert config["max_batch_size"] >= 64
     assert config["input"][0]["dims"] == [28, 28, 1]
+    assert [output["name"] for output in config["output"]] == ["probabilities", "labels"]
+    assert client.get_server_metadata()["version"] == __version__
 
 
 @pytest.mark.parametrize("count", [1, 7, 64])
@@ -172,7 +176,8 @@ def test_kserve_client_speaks_both_protocols(served, images, reference):
         await v2.close()
         v1 = InferenceRESTClient(RESTConfig(protocol="v1"))
         assert await v1.is_model_ready(served["base"], name)
-        body = {"instances": images[:5].tolist()}
+        assert not await v1.is_model_ready(served["base"], f"experiment-{served['queued']}")
+        body = {"instances": (images[:5] / 255).tolist()}
         answer = await v1.infer(served["base"], body, model_name=name)
         np.testing.assert_allclose(answer["predictions"], reference[:5], atol=1e-5)
         await v1.close()
@@ -193,7 +198,7 @@ def png_b64(pixels: np.ndarray) -> dict:
 def test_tensorflow_serving_rows_columns_and_b64(served, images, reference):
     name = f"experiment-{served['experiment']}"
     base = f"{served['base']}/v1/models/{name}"
-    arrays = images[:4].tolist()
+    arrays = (images[:4] / 255).tolist()  # DT_FLOAT, as the signature says.
     bodies = {
         "predictions": [
             {"instances": arrays},
@@ -201,12 +206,17 @@ def test_tensorflow_serving_rows_columns_and_b64(served, images, reference):
             {"instances": [{"images": image} for image in arrays]},
             {"instances": [png_b64(image) for image in images[:4]]},
             {"signature_name": "serving_default", "instances": arrays},
+            {"signature_name": "", "instances": arrays},
         ],
         "outputs": [{"inputs": arrays}, {"inputs": {"images": arrays}}],
     }
     for key, variants in bodies.items():
         for body in variants:
-            for url in (f"{base}:predict", f"{base}/versions/1:predict"):
+            for url in (
+                f"{base}:predict",
+                f"{base}/versions/1:predict",
+                f"{base}/versions/01:predict",
+            ):
                 response = httpx.post(url, json=body, timeout=30)
                 assert response.status_code == 200, response.text
                 np.testing.assert_allclose(response.json()[key], reference[:4], atol=1e-5)
@@ -286,9 +296,36 @@ PIXELS = np.zeros((1, 28, 28, 1), np.float32).tobytes()
             "limit",
         ),
         ("/v2/models/latest/infer", {"json": image_input(shape=[999, 28, 28, 1])}, 413, "999"),
-        ("/v1/models/latest:predict", {"json": {"instances": [[[300] * 28] * 28]}}, 422, "255"),
+        ("/v1/models/latest:predict", {"json": {"instances": [[[255] * 28] * 28]}}, 400, "0 and 1"),
+        ("/v1/models/latest:predict", {"json": {"instances": [[0] * 784]}}, 400, "[784]"),
+        (
+            "/v1/models/latest:predict",
+            {"json": {"instances": [[[True] * 28] * 28]}},
+            400,
+            "numbers",
+        ),
+        (
+            "/v1/models/latest:predict",
+            {"content": b"\x1f\x8b", "headers": {"content-encoding": "gzip"}},
+            415,
+            "gzip",
+        ),
+        ("/v1", {}, 404, "Not Found"),
+        (
+            "/v2/models/latest/infer",
+            {"json": image_input(data=[0] * 784), "headers": {"origin": "http://evil.example"}},
+            403,
+            "evil.example",
+        ),
+        (
+            "/v2/models/latest/infer",
+            {"json": {**image_input(data=[0] * 784), "outputs": [{"name": "labels"}] * 2}},
+            400,
+            "twice",
+        ),
         ("/v1/models/latest:predict", {"json": {"rows": []}}, 400, "instances"),
-        ("/v2/models/experiment-{queued}/infer", {"json": image_input()}, 409, "queued"),
+        ("/v2/models/experiment-{queued}/infer", {"json": image_input()}, 503, "queued"),
+        ("/v1/models/experiment-{queued}", {}, 503, "queued"),
         ("/v2/models", {}, 404, "Not Found"),
     ],
 )
@@ -302,17 +339,45 @@ def test_bad_requests_get_the_protocol_error_body(served, path, request_args, st
 
 
 def test_with_keys_set_models_need_one_and_probes_do_not(served):
+    key = {"Authorization": "Bearer " + "k" * 32}
     settings = Settings(
         database_url=served["url"],
         api_keys=["k" * 32],
         allowed_hosts=["testserver"],
         _env_file=None,
     )
+    blank = image_input(data=[0] * 784)
     with TestClient(create_app(settings)) as client:
         refused = client.get("/v2/models/latest")
         assert refused.status_code == 401
         assert "needs a key" in refused.json()["error"]
         assert client.post("/v1/models/latest:predict", json={}).json().keys() == {"error"}
-        assert client.get("/v2/health/ready").json() == {"ready": True}
-        keyed = client.get("/v2/models/latest", headers={"Authorization": "Bearer " + "k" * 32})
-        assert keyed.status_code == 200
+        assert client.post("/v2/models/latest/infer", json=blank).status_code == 401
+        assert client.get("/v2/models/latest", headers=key).status_code == 200
+        # Probes need no key, and come by address: an orchestrator names no allowed host.
+        for probe in ("/v2/health/ready", "/v2/health/live", "/health"):
+            response = client.get(probe, headers={"host": "10.1.2.3:8000"})
+            assert response.status_code == 200, probe
+        assert client.get("/v2/models/latest", headers={"host": "10.1.2.3:8000"}).status_code == 400
+    open_reads = settings.model_copy(update={"auth_reads": False})
+    with TestClient(create_app(open_reads)) as client:
+        # AUTH_READS=false opens predictions, whichever protocol carries them.
+        assert client.post("/v2/models/latest/infer", json=blank).status_code == 200
+        instances = {"instances": [[[0.0] * 28] * 28]}
+        assert client.post("/v1/models/latest:predict", json=instances).status_code == 200
+        assert client.post("/experiments", json=TINY_SPEC).status_code == 401
+
+
+def test_integer_spelled_pixels_read_as_floats_and_empty_outputs_mean_all(served, images):
+    """JavaScript writes 1.0 as 1: TF Serving's DT_FLOAT input reads it as 1.0, not 1/255."""
+    base = f"{served['base']}/v1/models/latest:predict"
+    binary = (images[:3] > 127).astype(int)
+    as_integers = httpx.post(base, json={"instances": binary.tolist()}, timeout=30).json()
+    as_floats = httpx.post(base, json={"instances": binary.astype(float).tolist()}, timeout=30)
+    assert as_integers == as_floats.json()
+    every = httpx.post(
+        f"{served['base']}/v2/models/latest/infer",
+        json={**image_input(data=[0] * 784), "outputs": []},
+        timeout=30,
+    ).json()
+    assert [output["name"] for output in every["outputs"]] == ["probabilities", "labels"]

@@ -59,7 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             wait_seconds=settings.database_wait_seconds,
             write_slots=WRITE_SLOTS.get(engine.dialect.name, 1),
         )
-        app.state.workers_alive = None
+        # Counted once before serving, so a readiness probe never sees the start-up gap.
+        await _count_workers(app, settings.lease_seconds)
         app.state.database_metrics = metrics.DatabaseMetricsCache()
         app.state.model_server = ModelServer(app.state.database, settings, after_load=freeze_heap)
         stopping = asyncio.Event()
@@ -143,18 +144,25 @@ def _add_middleware(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(metrics.HttpMetrics)
 
 
-async def _watch_workers(app: FastAPI, lease_seconds: float, stopping: asyncio.Event) -> None:
-    """Keep `app.state.workers_alive` fresh for /health until `stopping` is set."""
+async def _count_workers(app: FastAPI, lease_seconds: float) -> None:
+    """Set `app.state.workers_alive`: the live workers, or None when the database fails."""
 
     def count(session: Session) -> int:
         condition = alive_condition(session, lease_seconds=lease_seconds)
         return session.scalar(select(func.count()).select_from(Worker).where(condition)) or 0
 
-    while not stopping.is_set():
-        try:
-            app.state.workers_alive = await app.state.database.read(count)
-        except Exception as error:  # Whatever the database says, /health must keep answering.
-            logger.warning("cannot count live workers: %s", error)
-            app.state.workers_alive = None
+    try:
+        app.state.workers_alive = await app.state.database.read(count)
+    except Exception as error:  # Whatever the database says, /health must keep answering.
+        logger.warning("cannot count live workers: %s", error)
+        app.state.workers_alive = None
+
+
+async def _watch_workers(app: FastAPI, lease_seconds: float, stopping: asyncio.Event) -> None:
+    """Keep `app.state.workers_alive` fresh for the probes until `stopping` is set."""
+    while True:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), HEALTH_REFRESH_SECONDS)
+        if stopping.is_set():
+            return
+        await _count_workers(app, lease_seconds)

@@ -6,6 +6,8 @@ from typing import Any
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from service.api.paths import speaks_protocol
+
 # An error repeats what the client sent (a path, an Origin, a field name) only this far.
 ECHO_LIMIT = 100
 
@@ -25,15 +27,10 @@ ERROR_DESCRIPTIONS = {
 }
 
 
-# The serving protocols (TensorFlow Serving under /v1, Open Inference Protocol under /v2) have
-# an error body of their own, which their clients read.
-PROTOCOL_PREFIXES = ("/v1/", "/v2/")
-
-
 PROTOCOL_ERROR_DESCRIPTIONS = {
     400: "the request breaks the protocol or does not fit the model; error says how",
     404: "no such model, or no such version of it",
-    409: "the model's experiment has not finished training",
+    503: "the model's experiment has not succeeded (yet), or the database is busy or unreachable",
 }
 
 
@@ -49,11 +46,6 @@ class ProtocolErrorRead(BaseModel):
     error: str
 
 
-def speaks_protocol(path: str) -> bool:
-    """Whether `path` belongs to a serving protocol, whose errors read {"error": "..."}."""
-    return path == "/v2" or path.startswith(PROTOCOL_PREFIXES)
-
-
 def error_content(path: str, detail: str | list[dict[str, Any]]) -> dict[str, Any]:
     """The error body for a route at `path`: {"detail": ...}, or a protocol's {"error": ...}."""
     if not speaks_protocol(path):
@@ -61,6 +53,14 @@ def error_content(path: str, detail: str | list[dict[str, Any]]) -> dict[str, An
     if isinstance(detail, list):
         detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in detail)
     return {"error": detail}
+
+
+def error_status(path: str, status_code: int) -> int:
+    """The status for an error at `path`: the serving protocols answer invalid input with a 400
+    (TensorFlow Serving's INVALID_ARGUMENT; Triton's too) and never with a 422."""
+    if status_code == 422 and speaks_protocol(path):
+        return 400
+    return status_code
 
 
 def protocol_error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:

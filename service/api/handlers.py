@@ -1,4 +1,5 @@
-"""Exception handlers: every error leaves as a short JSON `detail` that says what to do."""
+"""Exception handlers: every error leaves as a short JSON `detail` that says what to do (on the
+serving protocols' routes, as their `error`)."""
 
 import logging
 import math
@@ -13,7 +14,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from service.api.database import DatabaseBusyError
-from service.api.errors import ECHO_LIMIT, ErrorResponse, error_content, short, speaks_protocol
+from service.api.errors import ECHO_LIMIT, ErrorResponse, error_content, error_status, short
+from service.api.paths import speaks_protocol
 from service.queue import QueueFullError
 
 logger = logging.getLogger(__name__)
@@ -65,7 +67,7 @@ async def _invalid_request(request: Request, error: RequestValidationError) -> E
             brief["input"] = echo
         errors.append(brief)
     return ErrorResponse(
-        status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+        status_code=error_status(request.url.path, status.HTTP_422_UNPROCESSABLE_CONTENT),
         content=error_content(request.url.path, errors),
     )
 
@@ -86,7 +88,7 @@ async def _http_error(request: Request, error: StarletteHTTPException) -> Respon
         )
     if speaks_protocol(request.url.path) and error.status_code != 405:
         return ErrorResponse(
-            status_code=error.status_code,
+            status_code=error_status(request.url.path, error.status_code),
             content=error_content(request.url.path, error.detail),
             headers=error.headers,
         )

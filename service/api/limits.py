@@ -1,7 +1,6 @@
 """A size limit on every request body, refused with a 413 before it is read in full."""
 
 import asyncio
-import re
 import time
 
 from fastapi import HTTPException, status
@@ -9,13 +8,10 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import ErrorResponse, error_content
+from service.api.paths import is_prediction
 
 # Long enough for 5 MiB over a slow link; short enough that trickled bodies do not pile up.
 BODY_READ_SECONDS = 60
-# The routes that take images: /predict and the serving protocols' inference routes.
-UPLOAD_PATHS = re.compile(
-    r"/predict|/v2/models/[^/]+(/versions/[^/]+)?/infer|/v1/models/[^/]+(/versions/[^/]+)?:predict"
-)
 
 
 def _too_large(limit: int) -> str:
@@ -23,7 +19,7 @@ def _too_large(limit: int) -> str:
 
 
 class BodyLimit:
-    """Bound every body: `upload` on UPLOAD_PATHS, `default` elsewhere, and its arrival in time.
+    """Bound every body (`upload` on prediction routes, `default` elsewhere) and its arrival.
 
     A declared Content-Length over the limit is answered at once; a chunked body is counted
     as it arrives, and the handler reading it gets a 413. A body still arriving after
@@ -40,7 +36,7 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         path = scope["path"]
-        limit = self.upload if UPLOAD_PATHS.fullmatch(path) else self.default
+        limit = self.upload if is_prediction(path) else self.default
         declared = Headers(scope=scope).get("content-length")
         if declared is not None:
             refusal = _declared_refusal(declared, limit, path)

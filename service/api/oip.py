@@ -5,7 +5,6 @@ binary tensors, served from the same model cache and micro-batcher as POST /pred
 route reads and splits the body itself: a binary request is not JSON.
 """
 
-import importlib.metadata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -13,15 +12,14 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy import text
 
-from service.api.deps import DatabaseDep, ModelServerDep, SettingsDep
+from service import __version__
+from service.api.deps import ModelServerDep, SettingsDep
 from service.api.errors import protocol_error_responses
 from service.api.security import authenticate
 from service.api.served_models import add_model_reads, served_model
-from service.api.uploads import read_body
+from service.api.uploads import read_body, refuse_encoding
 from service.architecture import IMAGE_SIZE
-from service.datasets import CLASS_NAMES
 from service.serving.batching import batch_sizes
 from service.serving.model_server import ModelServer
 from service.serving.names import MODEL_VERSION
@@ -39,6 +37,9 @@ from service.settings import Settings
 
 SERVER_NAME = "convlab"
 EXTENSIONS = ["binary_tensor_data", "model_configuration"]
+# The input's datatype as metadata states it; FP32 (0–1) is read too. UINT8 because every byte
+# is a valid pixel: perf_analyzer's random data, read as FP32, is mostly NaN and out of range.
+ADVERTISED_DATATYPE = "UINT8"
 PLATFORM = "keras"
 # Parsing JSON past this size costs more than a hop to a thread (one FP32 image as JSON takes
 # about 8 kB; as binary, 3 kB).
@@ -49,7 +50,7 @@ public = APIRouter(tags=["open inference protocol"], responses=protocol_error_re
 router = APIRouter(
     tags=["open inference protocol"],
     dependencies=[Depends(authenticate)],
-    responses=protocol_error_responses(401, 404, 409, 503),
+    responses=protocol_error_responses(401, 404, 503),
 )
 
 
@@ -58,7 +59,7 @@ async def server_metadata() -> dict[str, Any]:
     """The server's name, version and protocol extensions."""
     return {
         "name": SERVER_NAME,
-        "version": importlib.metadata.version(SERVER_NAME),
+        "version": __version__,
         "extensions": EXTENSIONS,
     }
 
@@ -69,11 +70,12 @@ async def live() -> dict[str, bool]:
     return {"live": True}
 
 
-@public.get("/v2/health/ready")
-async def ready(database: DatabaseDep) -> dict[str, bool]:
-    """Whether the server can serve: its database answers (a 503 from the handler if not)."""
-    await database.read(lambda session: session.scalar(text("SELECT 1")))
-    return {"ready": True}
+@public.get("/v2/health/ready", responses={503: {"description": "the database is unreachable"}})
+async def ready(request: Request) -> JSONResponse:
+    """Whether the server can serve: its database answered the last check, made every few
+    seconds; like /health, the probe itself never waits on the database."""
+    answered = request.app.state.workers_alive is not None
+    return JSONResponse({"ready": answered}, status_code=200 if answered else 503)
 
 
 def _tensor(name: str, datatype: str, shape: list[int]) -> dict[str, Any]:
@@ -85,7 +87,7 @@ def _metadata(name: str) -> dict[str, Any]:
         "name": name,
         "versions": [MODEL_VERSION],
         "platform": PLATFORM,
-        "inputs": [_tensor(INPUT_NAME, "FP32", [-1, IMAGE_SIZE, IMAGE_SIZE, 1])],
+        "inputs": [_tensor(INPUT_NAME, ADVERTISED_DATATYPE, [-1, IMAGE_SIZE, IMAGE_SIZE, 1])],
         "outputs": [
             _tensor(output, datatype, shape) for output, (datatype, _, shape) in OUTPUTS.items()
         ],
@@ -97,15 +99,23 @@ add_model_reads(
     "/v2/models/{name}{versions}",
     lambda name, _: _metadata(name),
     operation="oip_model_metadata",
-    summary="The model's versions, platform, input (images: FP32 0–1 or UINT8 0–255), outputs",
+    summary="The model's versions, platform, input (images: UINT8 0–255 or FP32 0–1), outputs",
 )
 add_model_reads(
     router,
     "/v2/models/{name}{versions}/ready",
     lambda name, _: {"name": name, "ready": True},
     operation="oip_model_ready",
-    summary="200 when the model can serve (404 for an unknown one, 409 while it trains)",
+    summary="200 when the model can serve (404 for an unknown one, 503 until it has trained)",
 )
+
+
+def _config_output(name: str) -> dict[str, Any]:
+    datatype, _, shape = OUTPUTS[name]
+    output = {"name": name, "data_type": f"TYPE_{datatype}", "dims": shape[1:]}
+    if not output["dims"]:  # One number per image: Triton writes that as [1], reshaped to [].
+        output.update(dims=[1], reshape={"shape": []})
+    return output
 
 
 def _config(name: str, settings: Settings) -> dict[str, Any]:
@@ -118,15 +128,12 @@ def _config(name: str, settings: Settings) -> dict[str, Any]:
         "input": [
             {
                 "name": INPUT_NAME,
-                "data_type": "TYPE_FP32",
+                "data_type": f"TYPE_{ADVERTISED_DATATYPE}",
                 "format": "FORMAT_NHWC",
                 "dims": [IMAGE_SIZE, IMAGE_SIZE, 1],
             }
         ],
-        "output": [
-            {"name": "probabilities", "data_type": "TYPE_FP32", "dims": [len(CLASS_NAMES)]},
-            {"name": "labels", "data_type": "TYPE_INT64", "dims": [1], "reshape": {"shape": []}},
-        ],
+        "output": [_config_output(output) for output in OUTPUTS],
         "dynamic_batching": {
             "preferred_batch_size": list(batch_sizes(settings.batch_max_images)),
             "max_queue_delay_microseconds": round(settings.batch_wait_seconds * 1e6),
@@ -159,18 +166,15 @@ def _parse(body: bytes, header_length: str | None, settings: Settings) -> InferR
         return parse_infer_request(body, header_length, settings.max_predict_instances)
 
 
-def _refuse_encoding(request: Request) -> None:
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding != "identity":
-        raise HTTPException(
-            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
-            f"Content-Encoding {encoding[:20]!r} is not read: send the body uncompressed",
-        )
-
-
 INFER_DOCS = {
     "responses": protocol_error_responses(400, 413, 415),
-    "openapi_extra": {"requestBody": {"required": True, "content": {"application/json": {}}}},
+    "openapi_extra": {
+        "requestBody": {
+            "required": True,
+            # JSON tensors, or the JSON header followed by binary tensor data.
+            "content": {"application/json": {}, "application/octet-stream": {}},
+        }
+    },
 }
 
 
@@ -197,10 +201,10 @@ async def _infer(
     settings: Settings,
     model_server: ModelServer,
 ) -> Response:
-    _refuse_encoding(request)
+    refuse_encoding(request)
     body = await read_body(request)
     header_length = request.headers.get(HEADER_LENGTH)
-    _, (experiment_id, batcher) = await served_model(model_server, name, version)
+    experiment_id, batcher = await served_model(model_server, name, version)
     async with batcher.arriving() as ticket:
         if len(body) <= INLINE_PARSE_BYTES:
             parsed = _parse(body, header_length, settings)

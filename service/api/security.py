@@ -17,7 +17,8 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.deps import SettingsDep
-from service.api.errors import ErrorResponse, short
+from service.api.errors import ErrorResponse, error_content, short
+from service.api.paths import PROBE_PATHS, is_prediction
 
 OWNER_DIGITS = 16
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -67,7 +68,7 @@ def _unauthorized(message: str, error: str | None = None) -> HTTPException:
 
 
 def _is_read(request: Request) -> bool:
-    return request.method in SAFE_METHODS or request.url.path == "/predict"
+    return request.method in SAFE_METHODS or is_prediction(request.url.path)
 
 
 async def authenticate(
@@ -111,7 +112,9 @@ class CrossSiteRefusal:
         if reason is None:
             await self.app(scope, receive, send)
             return
-        response = ErrorResponse({"detail": reason}, status_code=status.HTTP_403_FORBIDDEN)
+        response = ErrorResponse(
+            error_content(scope["path"], reason), status_code=status.HTTP_403_FORBIDDEN
+        )
         await response(scope, receive, send)
 
     def _refusal(self, headers: Headers) -> str | None:
@@ -136,11 +139,11 @@ def _same_origin(origin: str, headers: Headers) -> bool:
 
 
 class HostCheck(TrustedHostMiddleware):
-    """ALLOWED_HOSTS for every path but /health, which container health checks and load
-    balancers ask for by address; it tells nothing a rebound page could use."""
+    """ALLOWED_HOSTS for every path but the probes (PROBE_PATHS), which container health checks
+    and load balancers ask for by address."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == "/health":
+        if scope["type"] == "http" and scope["path"] in PROBE_PATHS:
             await self.app(scope, receive, send)
             return
         await super().__call__(scope, receive, send)

@@ -6,7 +6,6 @@ Shared by the Open Inference Protocol (service/api/oip.py) and TensorFlow Servin
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, status
@@ -25,14 +24,6 @@ from service.settings import Settings
 Describe = Callable[[str, Settings], dict[str, Any]]
 
 
-@dataclass(frozen=True)
-class ChosenModel:
-    """A request's model name, and the experiment whose model serves it now."""
-
-    name: ModelName
-    experiment_id: int
-
-
 @contextmanager
 def _model_errors() -> Iterator[None]:
     try:
@@ -40,7 +31,9 @@ def _model_errors() -> Iterator[None]:
     except (UnknownModelError, ExperimentNotFoundError, StudyNotFoundError) as error:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(error)) from None
     except ModelNotReadyError as error:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
+        # KServe's answer for a model that is not ready, which its clients read as "not
+        # ready" (/predict, which has no such clients, says 409).
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(error)) from None
 
 
 def _parsed(name: str, version: str | None) -> ModelName:
@@ -50,21 +43,18 @@ def _parsed(name: str, version: str | None) -> ModelName:
     return model_name
 
 
-async def chosen_model(model_server: ModelServer, name: str, version: str | None) -> ChosenModel:
-    """The experiment that serves `name` (at `version`), without loading its model."""
+async def check_model(model_server: ModelServer, name: str, version: str | None) -> None:
+    """Refuse a name (at `version`) that no model can serve now; nothing is loaded."""
     model_name = _parsed(name, version)
     with _model_errors():
-        experiment_id, _ = await model_server.chosen(model_name.target)
-    return ChosenModel(model_name, experiment_id)
+        await model_server.chosen(model_name.target)
 
 
-async def served_model(
-    model_server: ModelServer, name: str, version: str | None
-) -> tuple[ModelName, ServedModel]:
+async def served_model(model_server: ModelServer, name: str, version: str | None) -> ServedModel:
     """The model that serves `name` (at `version`), loaded, with its micro-batcher."""
     model_name = _parsed(name, version)
     with _model_errors():
-        return model_name, await model_server.model_for(model_name.target)
+        return await model_server.model_for(model_name.target)
 
 
 def add_model_reads(
@@ -74,42 +64,42 @@ def add_model_reads(
     *,
     operation: str,
     summary: str,
+    convertor: str = "",
     segment: Any = str,
 ) -> None:
-    """GET `path` and its versioned form (`{name}` followed by `/versions/{version}`): 404 or
-    409 unless the model can serve, else what `describe` says of it.
+    """GET `path` and its versioned form: 404 or 503 unless the model can serve, else what
+    `describe` says of it.
 
-    `operation` names the two operations (`<operation>` and `<operation>_version`); `segment`
-    is the type that documents a name or version in the path.
+    `path` holds `{name}` and `{versions}`, which the versioned form fills with
+    `/versions/{version}`; both take `convertor` (":segment") and are documented as `segment`.
+    The operations' ids are `operation` and `<operation>_version`.
     """
-    unversioned_path = path.replace("{versions}", "")
-    versioned_path = path.replace("{versions}", "/versions/{version" + _convertor(path) + "}")
+    name = "{name" + convertor + "}"
+    version = "/versions/{version" + convertor + "}"
 
     async def unversioned(
         name: segment, model_server: ModelServerDep, settings: SettingsDep
     ) -> dict[str, Any]:
-        await chosen_model(model_server, name, None)
+        await check_model(model_server, name, None)
         return describe(name, settings)
 
     async def versioned(
         name: segment, version: segment, model_server: ModelServerDep, settings: SettingsDep
     ) -> dict[str, Any]:
-        await chosen_model(model_server, name, version)
+        await check_model(model_server, name, version)
         return describe(name, settings)
 
     router.add_api_route(
-        unversioned_path, unversioned, methods=["GET"], name=operation, summary=summary
+        path.format(name=name, versions=""),
+        unversioned,
+        methods=["GET"],
+        operation_id=operation,
+        summary=summary,
     )
     router.add_api_route(
-        versioned_path,
+        path.format(name=name, versions=version),
         versioned,
         methods=["GET"],
-        name=f"{operation}_version",
+        operation_id=f"{operation}_version",
         summary=f"{summary}, for one version",
     )
-
-
-def _convertor(path: str) -> str:
-    """The path convertor the name has (`{name:segment}`), for the version to have too."""
-    start = path.index("{name") + len("{name")
-    return path[start : path.index("}", start)]

@@ -7,17 +7,17 @@ Rows (`instances`) or columns (`inputs`) of 28×28 arrays or {"b64": ...} images
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Path, Request, status
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from starlette.convertors import StringConvertor, register_url_convertor
 
 from service.api.deps import ModelServerDep, SettingsDep
 from service.api.errors import protocol_error_responses
-from service.api.image_batches import INLINE_OPEN_BYTES, decoded_batch
+from service.api.image_batches import decoded_batch
 from service.api.security import authenticate
 from service.api.served_models import add_model_reads, served_model
-from service.api.uploads import payload_too_large, read_body
+from service.api.uploads import payload_too_large, read_body, refuse_encoding
 from service.architecture import IMAGE_SIZE
 from service.datasets import CLASS_NAMES
 from service.serving.json_documents import InvalidJSONError, load_json
@@ -44,7 +44,7 @@ PREDICT_METHOD = "tensorflow/serving/predict"
 router = APIRouter(
     tags=["tensorflow serving"],
     dependencies=[Depends(authenticate)],
-    responses=protocol_error_responses(401, 404, 409, 503),
+    responses=protocol_error_responses(401, 404, 503),
 )
 
 
@@ -75,18 +75,22 @@ def _version_status(name: str) -> dict[str, Any]:
 
 add_model_reads(
     router,
-    "/v1/models/{name:segment}{versions}",
+    "/v1/models/{name}{versions}",
     lambda name, _: _version_status(name),
+    convertor=":segment",
     segment=Segment,
     operation="tfs_model_status",
-    summary="The model's version, AVAILABLE (404 for an unknown model, 409 while it trains)",
+    summary="The model's version, AVAILABLE (404 for an unknown model, 503 until it has trained)",
 )
 
 
-def _tensor_info(name: str, dims: list[int], tensor: str) -> dict[str, Any]:
+def _tensor_info(dims: list[int], tensor: str) -> dict[str, Any]:
     return {
         "dtype": "DT_FLOAT",
-        "tensor_shape": {"dim": [{"size": str(size), "name": ""} for size in dims]},
+        "tensor_shape": {
+            "dim": [{"size": str(size), "name": ""} for size in dims],
+            "unknown_rank": False,
+        },
         "name": tensor,
     }
 
@@ -94,14 +98,10 @@ def _tensor_info(name: str, dims: list[int], tensor: str) -> dict[str, Any]:
 def _metadata(name: str) -> dict[str, Any]:
     signature = {
         "inputs": {
-            INPUT_NAME: _tensor_info(
-                INPUT_NAME, [-1, IMAGE_SIZE, IMAGE_SIZE, 1], f"{SIGNATURE}_{INPUT_NAME}:0"
-            )
+            INPUT_NAME: _tensor_info([-1, IMAGE_SIZE, IMAGE_SIZE, 1], f"{SIGNATURE}_{INPUT_NAME}:0")
         },
         "outputs": {
-            "probabilities": _tensor_info(
-                "probabilities", [-1, len(CLASS_NAMES)], "StatefulPartitionedCall:0"
-            )
+            "probabilities": _tensor_info([-1, len(CLASS_NAMES)], "StatefulPartitionedCall:0")
         },
         "method_name": PREDICT_METHOD,
     }
@@ -113,8 +113,9 @@ def _metadata(name: str) -> dict[str, Any]:
 
 add_model_reads(
     router,
-    "/v1/models/{name:segment}{versions}/metadata",
+    "/v1/models/{name}{versions}/metadata",
     lambda name, _: _metadata(name),
+    convertor=":segment",
     segment=Segment,
     operation="tfs_model_metadata",
     summary="The model's serving signature: images in, probabilities out",
@@ -126,6 +127,18 @@ def _row(instance: object) -> object:
     if isinstance(instance, dict) and set(instance) == {INPUT_NAME}:
         return instance[INPUT_NAME]
     return instance
+
+
+def _as_floats(upload: object) -> object:
+    """An array read as the signature's DT_FLOAT however JSON spells its numbers: JavaScript
+    and Go write 1.0 as `1`, which /predict would read as 1/255 in an all-integer array."""
+    if not isinstance(upload, list):
+        return upload  # An image file ({"b64": ...}), or what open_instance refuses.
+    try:
+        array = np.asarray(upload)
+    except ValueError:
+        return upload  # Ragged: parse_array says so.
+    return array.astype(np.float64) if array.dtype.kind in "iu" else array
 
 
 def _columns(inputs: object) -> list:
@@ -146,7 +159,8 @@ def _predict_request(body: bytes, settings: Settings) -> PredictRequest:
         raise _bad_request(str(error)) from None
     if not isinstance(document, dict) or ("instances" in document) == ("inputs" in document):
         raise _bad_request('send {"instances": [...]} (rows) or {"inputs": [...]} (columns)')
-    signature = document.get("signature_name", SIGNATURE)
+    # TensorFlow Serving reads a missing or empty name as the default.
+    signature = document.get("signature_name") or SIGNATURE
     if signature != SIGNATURE:
         raise _bad_request(f"the model's only signature is {SIGNATURE!r}")
     if "instances" in document:
@@ -161,11 +175,11 @@ def _predict_request(body: bytes, settings: Settings) -> PredictRequest:
         raise payload_too_large(
             f"{len(request.uploads)} images, over the limit of {settings.max_predict_instances}"
         )
-    return request
+    return PredictRequest([_as_floats(upload) for upload in request.uploads], request.columnar)
 
 
 PREDICT_DOCS = {
-    "responses": protocol_error_responses(400, 413, 422),
+    "responses": protocol_error_responses(400, 413, 415),
     "openapi_extra": {"requestBody": {"required": True, "content": {"application/json": {}}}},
 }
 
@@ -174,8 +188,8 @@ PREDICT_DOCS = {
 async def predict(
     request: Request, name: Segment, settings: SettingsDep, model_server: ModelServerDep
 ) -> JSONResponse:
-    """Class probabilities for each image: 28×28 (or 28×28×1) arrays, 0–255 integers or 0–1
-    floats, or {"b64": ...} image files."""
+    """Class probabilities for each image: 28×28 (or 28×28×1) arrays of 0–1 pixels, or
+    {"b64": ...} image files."""
     return await _predict(request, name, None, settings, model_server)
 
 
@@ -198,14 +212,18 @@ async def _predict(
     settings: Settings,
     model_server: ModelServer,
 ) -> JSONResponse:
+    refuse_encoding(request)
     body = await read_body(request)
-    _, (_, batcher) = await served_model(model_server, name, version)
+    _, batcher = await served_model(model_server, name, version)
+    parsed: list[PredictRequest] = []
+
+    def uploads() -> list:
+        # Called by decoded_batch, in the same thread as the decoding when the body is large.
+        parsed.append(_predict_request(body, settings))
+        return parsed[0].uploads
+
     async with batcher.arriving() as ticket:
-        if len(body) <= INLINE_OPEN_BYTES:
-            parsed = _predict_request(body, settings)
-        else:
-            parsed = await run_in_threadpool(_predict_request, body, settings)
-        pixels = await decoded_batch(lambda: parsed.uploads, len(body), settings, None)
+        pixels = await decoded_batch(uploads, len(body), settings, None)
         answer = await batcher.predict(pixels, ticket)
-    key = "outputs" if parsed.columnar else "predictions"
+    key = "outputs" if parsed[0].columnar else "predictions"
     return JSONResponse({key: answer.probabilities.tolist()})

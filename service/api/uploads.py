@@ -32,6 +32,17 @@ async def read_body(request: Request) -> bytes:
         ) from None
 
 
+def refuse_encoding(request: Request) -> None:
+    """A 415 for a compressed body: inflating one would need a bound of its own (a few kB of
+    gzip can inflate to gigabytes), and no client here needs it."""
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise HTTPException(
+            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+            f"Content-Encoding {encoding[:20]!r} is not read: send the body uncompressed",
+        )
+
+
 def multipart_field(body: bytes, content_type: str, name: str) -> bytes | None:
     """The content of the form field called `name`, or None when the form has no such field."""
     _, options = parse_options_header(content_type)

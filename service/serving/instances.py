@@ -24,7 +24,7 @@ from service.serving.images import (
 )
 
 # An instance ready for decoding: an image whose header is read, or an array.
-Instance = Image.Image | list
+Instance = Image.Image | list | np.ndarray
 
 
 @contextmanager
@@ -44,7 +44,7 @@ def open_instance(upload: object, *, max_pixels: int, max_side: int | None) -> I
         upload = base64_bytes(upload["b64"])
     if isinstance(upload, bytes):
         return open_image(upload, max_pixels=max_pixels, max_side=max_side)
-    if not isinstance(upload, list):
+    if not isinstance(upload, list | np.ndarray):
         raise InvalidImageError('an instance must be a 28×28 array or {"b64": ...}')
     return upload
 

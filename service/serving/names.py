@@ -60,7 +60,11 @@ def parse_model_name(text: str) -> ModelName:
 
 def check_version(name: ModelName, version: str | None) -> None:
     """Refuse a version the model does not have (None: the request names no version)."""
-    if version is not None and version != MODEL_VERSION:
+    if version is None:
+        return
+    # Read as a number, as TensorFlow Serving does: "01" is version 1.
+    number = version.isascii() and version.isdigit() and len(version) < 20
+    if not (number and int(version) == int(MODEL_VERSION)):
         shown = version if len(version) <= 20 else version[:20] + "…"
         raise UnknownModelError(
             f"model {name.text!r} has no version {shown!r}: its only version is {MODEL_VERSION}"

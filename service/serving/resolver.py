@@ -128,7 +128,12 @@ def choose_study_best(session: Session, study_id: int) -> tuple[int, str]:
             TrainedModel.sha256,
         )
         .join(TrainedModel, TrainedModel.experiment_id == Experiment.id)
-        .where(Experiment.study_id == study_id, Experiment.status == ExperimentStatus.SUCCEEDED)
+        .where(
+            Experiment.study_id == study_id,
+            Experiment.status == ExperimentStatus.SUCCEEDED,
+            # As the comparison's statistics do, a run without a test result does not count.
+            Experiment.test_accuracy.is_not(None),
+        )
         .order_by(Experiment.id)
     ).all()
     if not runs:
@@ -140,10 +145,10 @@ def choose_study_best(session: Session, study_id: int) -> tuple[int, str]:
         cells.setdefault((run.variant, run.requested_device), []).append(run)
 
     def mean_accuracy(cell: list) -> float:
-        return sum(run.test_accuracy or 0.0 for run in cell) / len(cell)
+        return sum(run.test_accuracy for run in cell) / len(cell)
 
     best_cell = max(cells.values(), key=mean_accuracy)  # max keeps the first of equals.
-    best = max(best_cell, key=lambda run: run.test_accuracy or 0.0)
+    best = max(best_cell, key=lambda run: run.test_accuracy)
     return best.id, best.sha256
 
 

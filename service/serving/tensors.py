@@ -135,15 +135,18 @@ def _batch_size(shape: object, max_images: int) -> int:
             f"shape {str(shape)[:60]} does not fit the model: send [N, 28, 28, 1] with N ≥ 1"
         )
     if shape[0] > max_images:
-        raise TooManyImagesError(f"{shape[0]} images, over the limit of {max_images}")
+        count = str(shape[0]) if shape[0] < 10**20 else "over 10**20"
+        raise TooManyImagesError(f"{count} images, over the limit of {max_images}")
     return shape[0]
 
 
 def _binary_values(size: object, count: int, dtype: np.dtype, binary: memoryview) -> np.ndarray:
     expected = count * PIXELS * dtype.itemsize
-    if type(size) is not int or size != expected:
+    if type(size) is not int:
+        raise TensorError("binary_data_size must be an integer: the input's size in bytes")
+    if size != expected:
         raise TensorError(
-            f"binary_data_size is {str(size)[:20]}, but {count} images of 28×28 "
+            f"binary_data_size is {size:,}, but {count} images of 28×28 "
             f"{dtype.itemsize}-byte values take {expected:,} bytes"
         )
     if size > len(binary):
@@ -186,11 +189,14 @@ def _requested_outputs(document: dict[str, Any]) -> tuple[RequestedOutput, ...]:
     parameters = document.get("parameters") or {}
     binary = isinstance(parameters, dict) and parameters.get("binary_data_output") is True
     outputs = document.get("outputs")
-    if outputs is None:
+    if not outputs:  # Missing or empty: every output, as Triton and KServe answer.
         return tuple(RequestedOutput(name, binary) for name in OUTPUTS)
-    if not isinstance(outputs, list) or not outputs:
+    if not isinstance(outputs, list):
         raise TensorError("'outputs' must be a list of outputs, each {'name': ...}")
-    return tuple(_requested_output(output, binary) for output in outputs)
+    requested = tuple(_requested_output(output, binary) for output in outputs)
+    if len({output.name for output in requested}) < len(requested):
+        raise TensorError("'outputs' names an output twice")
+    return requested
 
 
 def _requested_output(output: object, binary: bool) -> RequestedOutput:

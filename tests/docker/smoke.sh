@@ -125,6 +125,14 @@ predict() {
 }
 predict || fail "POST /predict"
 
+step "The serving protocols in the image: OIP server metadata and readiness, TF Serving's :predict"
+curl -fsS "$API/v2" && echo || fail "GET /v2"
+curl -fsS "$API/v2/health/ready" && echo || fail "GET /v2/health/ready"
+curl -fsS "${AUTH[@]}" -X POST "$API/v1/models/experiment-$id:predict" \
+  -d "{\"instances\": [{\"b64\": \"$(base64 -w0 "$png")\"}]}" \
+  | python3 -c 'import json, sys; p = json.load(sys.stdin)["predictions"][0]; print("class", p.index(max(p)))' \
+  || fail "POST /v1/models/experiment-$id:predict"
+
 step "docker compose down, then up with two workers: the experiment and its model are still there"
 "${COMPOSE[@]}" down || fail "compose down"
 "${COMPOSE[@]}" up -d --no-build --scale worker=2 || fail "compose up again"

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 DATASET_DIR := /usr/share/datasets/fashion-mnist
 PG_VERSION = $(shell ls /etc/postgresql 2>/dev/null | head -n 1)
 
-.PHONY: setup dataset up test docker-test lint format postgres bench clean
+.PHONY: setup dataset up test test-browser docker-test lint format postgres bench clean
 
 setup: $(STAMP) dataset
 
@@ -40,8 +40,31 @@ postgres:
 test: setup postgres
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -n 2 -m "not serial"
+	$(BIN)/python -m pytest -n 2 -m "not serial and not browser"
 	$(BIN)/python -m pytest -m serial
+
+# The accessibility checker the browser tests run in each page, from npm (pinned).
+AXE_VERSION := 4.14.1
+AXE := .cache/axe-core/axe.min.js
+
+# The dashboard in a real headless Chromium, against a live API and worker. Installs Debian's
+# chromium and chromium-driver where they are missing and this is root on Debian.
+test-browser: setup
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver \
+	    || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver); \
+	  fi; \
+	fi
+	@if [ ! -f $(AXE) ] && command -v npm >/dev/null; then \
+	  mkdir -p $(dir $(AXE)) && cd $(dir $(AXE)) && npm pack --silent axe-core@$(AXE_VERSION) >/dev/null \
+	  && tar -xzf axe-core-$(AXE_VERSION).tgz --strip-components=1 package/axe.min.js; \
+	fi
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
+	  $(BIN)/python -m pytest -m browser tests/test_dashboard.py; \
+	else \
+	  echo "SKIPPED: the browser tests: chromium and chromium-driver are missing and cannot be installed (root on Debian is needed)"; \
+	fi
 
 # Builds the image, runs the compose stack on host networking, trains, classifies, restarts.
 docker-test:

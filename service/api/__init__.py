@@ -13,7 +13,17 @@ from fastapi_offline import FastAPIOffline
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.api import events, experiments, metrics, oip, predict, studies, tfserving, workers
+from service.api import (
+    events,
+    experiments,
+    metrics,
+    oip,
+    predict,
+    studies,
+    tfserving,
+    ui,
+    workers,
+)
 from service.api.database import POOL_SIZE, WRITE_SLOTS, Database
 from service.api.event_stream import StreamSlots
 from service.api.event_wakeup import EventWakeup
@@ -96,6 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(studies.router)
     app.include_router(workers.router)
     app.include_router(metrics.router)
+    app.include_router(ui.router)
     install_exception_handlers(app)
     _add_middleware(app, settings)
 

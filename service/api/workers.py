@@ -23,17 +23,19 @@ router = APIRouter(
 async def list_workers(database: DatabaseDep, settings: SettingsDep) -> list[WorkerRead]:
     """Every registered worker, alive ones first, newest first."""
 
-    def rows(session: Session) -> list[WorkerRead]:
-        alive = alive_condition(session, lease_seconds=settings.lease_seconds).label("alive")
-        found = session.execute(
-            select(Worker, alive).order_by(alive.desc(), Worker.started_at.desc())
-        ).all()
-        return [
-            WorkerRead.model_validate({**_columns(worker), "alive": bool(is_alive)})
-            for worker, is_alive in found
-        ]
+    return await database.read(lambda session: worker_rows(session, settings.lease_seconds))
 
-    return await database.read(rows)
+
+def worker_rows(session: Session, lease_seconds: float) -> list[WorkerRead]:
+    """Every registered worker, alive ones first, newest first."""
+    alive = alive_condition(session, lease_seconds=lease_seconds).label("alive")
+    found = session.execute(
+        select(Worker, alive).order_by(alive.desc(), Worker.started_at.desc())
+    ).all()
+    return [
+        WorkerRead.model_validate({**_columns(worker), "alive": bool(is_alive)})
+        for worker, is_alive in found
+    ]
 
 
 def _columns(worker: Worker) -> dict:

@@ -1,0 +1,1 @@
+"""The dashboard's page data, charts, templates and static files (routes: service/api/ui.py)."""

@@ -1,0 +1,218 @@
+"""What each dashboard page shows, read from the database through the API's own views.
+
+Every function takes a session and returns plain data for a template; nothing here knows HTML
+beyond the charts it asks service/ui/charts.py for.
+"""
+
+import base64
+import io
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from markupsafe import Markup
+from PIL import Image
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from service.api.presenters import experiment_list_item, experiment_read
+from service.api.studies import read_study
+from service.api.workers import worker_rows
+from service.datasets import CLASS_NAMES
+from service.models import Experiment, ExperimentStatus
+from service.schemas import EpochRead, ExperimentListItem, ExperimentRead
+from service.ui.charts import Point, Series, line_chart, scatter_chart
+
+PAGE_SIZE = 25
+MISCLASSIFIED_SHOWN = 24
+# Sortable columns: the query's name, and how to read it from a row.
+SORT_KEYS = {
+    "name": lambda item: (item.name or "").lower(),
+    "status": lambda item: item.status,
+    "params": lambda item: item.total_params,
+    "flatten": lambda item: item.flatten_size,
+    "epochs": lambda item: item.epochs_run,
+    "seconds": lambda item: item.seconds_per_epoch,
+    "accuracy": lambda item: item.test_accuracy,
+    "device": lambda item: item.device or "",
+    "created": lambda item: item.id,
+}
+STATUSES = [status.value for status in ExperimentStatus]
+
+
+@dataclass(frozen=True)
+class Row:
+    item: ExperimentListItem
+    progress: float | None  # Share of the run done, for a running experiment.
+
+
+@dataclass(frozen=True)
+class ListPage:
+    rows: list[Row]
+    total: int
+    page: int
+    pages: int
+    sort: str
+    order: str
+    status: str | None
+    study_id: int | None
+
+
+def _progress(experiment: Experiment) -> float | None:
+    if experiment.status != ExperimentStatus.RUNNING or not experiment.steps_per_epoch:
+        return None
+    epochs = experiment.spec.get("epochs") or 1
+    done = max((experiment.progress_epoch or 1) - 1, 0) * experiment.steps_per_epoch
+    done += experiment.progress_step or 0
+    return min(done / (epochs * experiment.steps_per_epoch), 1.0)
+
+
+def experiment_list(
+    session: Session, *, sort: str, order: str, status: str | None, study_id: int | None, page: int
+) -> ListPage:
+    """One page of experiments, filtered, sorted by any column (missing values last)."""
+    query = select(Experiment).options(selectinload(Experiment.epochs))
+    if status is not None:
+        query = query.where(Experiment.status == ExperimentStatus(status))
+    if study_id is not None:
+        query = query.where(Experiment.study_id == study_id)
+    rows = [Row(experiment_list_item(e), _progress(e)) for e in session.scalars(query)]
+    key = SORT_KEYS[sort]
+    present = [row for row in rows if key(row.item) is not None]
+    missing = [row for row in rows if key(row.item) is None]
+    present.sort(key=lambda row: key(row.item), reverse=order == "desc")
+    ordered = present + missing
+    pages = max(1, math.ceil(len(ordered) / PAGE_SIZE))
+    page = min(page, pages)
+    shown = ordered[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
+    return ListPage(shown, len(ordered), page, pages, sort, order, status, study_id)
+
+
+def learning_curves(epochs: list[EpochRead]) -> tuple[Markup, Markup]:
+    """Accuracy and loss per epoch, training and validation."""
+    accuracy = [
+        Series("training", [(e.epoch, e.accuracy) for e in epochs]),
+        Series(
+            "validation",
+            [(e.epoch, e.val_accuracy) for e in epochs if e.val_accuracy is not None],
+            dashed=True,
+        ),
+    ]
+    loss = [
+        Series("training", [(e.epoch, e.loss) for e in epochs]),
+        Series(
+            "validation",
+            [(e.epoch, e.val_loss) for e in epochs if e.val_loss is not None],
+            dashed=True,
+        ),
+    ]
+    return (
+        line_chart("Accuracy", "epoch", "accuracy", accuracy),
+        line_chart("Loss", "epoch", "loss", loss),
+    )
+
+
+@dataclass(frozen=True)
+class Misclassified:
+    index: int
+    true_class: str
+    predicted_class: str
+    picture: str  # A 28×28 PNG as a data: URL, so the page needs no keyed image fetch.
+
+
+@dataclass(frozen=True)
+class ExperimentPage:
+    experiment: ExperimentRead
+    accuracy_chart: Markup
+    loss_chart: Markup
+    misclassified: list[Misclassified]
+
+
+def _png_url(pixels: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def misclassified(rows: list[list[int]], test_images: np.ndarray) -> list[Misclassified]:
+    """The first misclassified test images (`rows` of [index, true, predicted]) to show."""
+    return [
+        Misclassified(
+            index, CLASS_NAMES[true], CLASS_NAMES[predicted], _png_url(test_images[index])
+        )
+        for index, true, predicted in rows[:MISCLASSIFIED_SHOWN]
+    ]
+
+
+def experiment_page(
+    session: Session, experiment: Experiment, lease_seconds: float
+) -> ExperimentPage:
+    """The page without its misclassified pictures, which need the test set (`misclassified`)."""
+    view = experiment_read(session, experiment, lease_seconds=lease_seconds)
+    accuracy_chart, loss_chart = learning_curves(view.epochs)
+    return ExperimentPage(view, accuracy_chart, loss_chart, [])
+
+
+@dataclass(frozen=True)
+class StudyPage:
+    study: Any
+    curves: Markup
+    pareto_params: Markup
+    pareto_seconds: Markup
+
+
+def _pareto(study: Any, cost: str, label: str, front_name: str) -> Markup:
+    on_front = {(entry["variant"], entry["device"]) for entry in study.pareto.get(front_name, [])}
+    points = [
+        Point(
+            getattr(variant, cost) if cost == "total_params" else variant.training_seconds.mean,
+            variant.test_accuracy.mean,
+            f"{variant.variant} on {variant.device}",
+            (variant.variant, variant.device) in on_front,
+        )
+        for variant in study.variants
+        if variant.test_accuracy is not None
+        and (cost == "total_params" or variant.training_seconds is not None)
+    ]
+    return scatter_chart(
+        f"Test accuracy against {label}", label, "test accuracy", points, log_x=True
+    )
+
+
+def study_page(session: Session, study_id: int) -> StudyPage:
+    study = read_study(session, study_id)
+    runs = session.scalars(
+        select(Experiment)
+        .where(Experiment.study_id == study_id, Experiment.status == ExperimentStatus.SUCCEEDED)
+        .options(selectinload(Experiment.epochs))
+        .order_by(Experiment.id)
+    )
+    series = [
+        Series(
+            f"#{run.id} {run.variant or ''}",
+            [(e.epoch, e.val_accuracy or e.accuracy) for e in run.epochs],
+        )
+        for run in runs
+    ]
+    curves = line_chart(
+        "Accuracy per run (validation where measured)", "epoch", "accuracy", series[:7]
+    )
+    return StudyPage(
+        study,
+        curves,
+        _pareto(study, "total_params", "parameters", "accuracy_vs_params"),
+        _pareto(study, "training_seconds", "training seconds", "accuracy_vs_training_seconds"),
+    )
+
+
+def workers_page(session: Session, lease_seconds: float) -> list[tuple[Any, list[int]]]:
+    """Each worker, with the experiments it is running."""
+    running: dict[str, list[int]] = {}
+    for experiment_id, worker_id in session.execute(
+        select(Experiment.id, Experiment.worker_id).where(
+            Experiment.status == ExperimentStatus.RUNNING
+        )
+    ):
+        running.setdefault(worker_id or "", []).append(experiment_id)
+    return [(worker, running.get(worker.id, [])) for worker in worker_rows(session, lease_seconds)]

@@ -14,6 +14,7 @@ MAX_DENSE_UNITS = 4096
 MAX_EPOCHS = 500
 MAX_BATCH_SIZE = 4096
 TRAIN_IMAGES = 60_000
+MAX_SEED = 2**31 - 1
 # What a spec that leaves a field out gets, both as it is sent and as it is stored.
 DEFAULT_CONV_LAYERS = 2
 DEFAULT_FILTERS = 32
@@ -136,7 +137,7 @@ class ExperimentCreate(StrictModel):
     epochs: Annotated[int, Field(strict=True, ge=1, le=MAX_EPOCHS)] = DEFAULT_EPOCHS
     batch_size: Annotated[int, Field(strict=True, ge=1, le=MAX_BATCH_SIZE)] = DEFAULT_BATCH_SIZE
     learning_rate: Annotated[FiniteFloat, Field(gt=0, le=1)] = DEFAULT_LEARNING_RATE
-    seed: Annotated[int, Field(strict=True, ge=0, le=2**31 - 1)] | None = None
+    seed: Annotated[int, Field(strict=True, ge=0, le=MAX_SEED)] | None = None
     train_samples: Annotated[int, Field(strict=True, ge=1, le=TRAIN_IMAGES)] | None = None
     validation_split: Annotated[FiniteFloat, Field(ge=0, le=0.5)] = 0.0
     device: Literal["auto", "cpu", "gpu"] = "auto"

@@ -22,7 +22,7 @@ from PIL import Image
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from service.api import create_app
 from service.settings import Settings
@@ -100,6 +100,13 @@ def browser():
     driver.quit()
 
 
+READ = """
+const element = document.querySelector(arguments[0]);
+if (!element) return null;
+return arguments[1] === "value" ? element.value : element.getAttribute(arguments[1]);
+"""
+
+
 def wait(browser, condition, timeout: float = 60):
     return WebDriverWait(browser, timeout, poll_frequency=0.1).until(lambda _: condition())
 
@@ -139,16 +146,25 @@ def test_a_bad_value_shows_its_422_message_and_a_good_form_queues_a_run_that_tra
         element.clear()
         element.send_keys(value)
 
+    def error_at(field: str) -> str:
+        return form.find_element(By.CSS_SELECTOR, f'.field-error[data-field="{field}"]').text
+
     fill("filters", "0")
     form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    error = form.find_element(By.CSS_SELECTOR, '.field-error[data-field="filters"]')
-    wait(browser, lambda: "greater than or equal to 1" in error.text)
+    wait(browser, lambda: "greater than or equal to 1" in error_at("filters"))
+    assert form.find_element(By.NAME, "filters").get_attribute("aria-invalid") == "true"
+    # A stop metric without a threshold is refused, not read as a threshold of 0.
+    fill("filters", "8")
+    Select(form.find_element(By.NAME, "stop_metric")).select_by_visible_text("accuracy")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait(browser, lambda: "required" in error_at("stop").lower())
+    Select(form.find_element(By.NAME, "stop_metric")).select_by_index(0)
     total = httpx.get(f"{server}/experiments").json()["total"]
     for field, value in {
-        "filters": "8",
         "conv_layers": "1",
-        "epochs": "4",
-        "train_samples": "6000",
+        # Long enough (about half a minute) to watch from two tabs while it trains.
+        "epochs": "12",
+        "train_samples": "12000",
         "batch_size": "32",
         "validation_split": "0.1",
     }.items():
@@ -158,27 +174,42 @@ def test_a_bad_value_shows_its_422_message_and_a_good_form_queues_a_run_that_tra
     form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
     wait(browser, lambda: "/ui/experiments/" in browser.current_url)
     assert httpx.get(f"{server}/experiments").json()["total"] == total + 1
+    experiment_id = browser.current_url.rsplit("/", 1)[1]
     # The same page, never reloaded, follows the run: the marker would not survive a reload.
     browser.execute_script("window.stillHere = true")
 
+    # Read in one script call: the live part is redrawn between two WebDriver calls.
     def epochs_drawn() -> int:
-        return int(browser.find_element(By.ID, "curves").get_attribute("data-epochs"))
+        return int(browser.execute_script(READ, "#curves", "data-epochs") or 0)
 
-    def progress() -> float:
-        bars = browser.find_elements(By.ID, "progress")
-        return float(bars[0].get_attribute("value")) if bars else -1.0
+    def progress(selector: str = "#progress") -> float:
+        value = browser.execute_script(READ, selector, "value")
+        return float(value) if value else -1.0
 
     wait(browser, lambda: progress() > 0, timeout=120)
     first = progress()
-    wait(browser, lambda: progress() > first or epochs_drawn() >= 1, timeout=60)
+    wait(browser, lambda: progress() > first, timeout=60)
     wait(browser, lambda: epochs_drawn() >= 1, timeout=120)
     shot(browser, "experiment-running")
     wait(browser, lambda: epochs_drawn() >= 2, timeout=120)
-    polyline = browser.find_element(By.CSS_SELECTOR, "#curves polyline.series")
-    assert int(polyline.get_attribute("data-points")) >= 2
+    assert int(browser.execute_script(READ, "#curves polyline.series", "data-points")) >= 2
+    # Meanwhile, in a second tab, the list's progress bar for the run moves on its own.
+    watching = browser.current_window_handle
+    browser.switch_to.new_window("tab")
+    browser.get(f"{server}/ui/experiments")
+    browser.execute_script("window.listStillHere = true")
+    row_bar = f'tr[data-experiment-id="{experiment_id}"] progress'
+    wait(browser, lambda: progress(row_bar) > 0, timeout=60)
+    before = progress(row_bar)
+    wait(browser, lambda: progress(row_bar) > before, timeout=60)
+    assert browser.execute_script("return window.listStillHere") is True
+    shot(browser, "experiments-running")
+    browser.close()
+    browser.switch_to.window(watching)
     wait(browser, lambda: browser.find_elements(By.ID, "confusion"), timeout=180)
     assert browser.find_elements(By.CSS_SELECTOR, "#misclassified img")
     assert browser.find_element(By.ID, "status").text == "succeeded"
+    assert browser.find_elements(By.ID, "dropzone")  # A model now: it can classify.
     assert browser.execute_script("return window.stillHere") is True
     shot(browser, "experiment")
 

@@ -43,6 +43,11 @@ def test_the_table_sorts_by_any_column_filters_and_pages(client, session_factory
     assert ids_in(by_name) == created
     queued = client.get("/ui/experiments", params={"status": "queued"}).text
     assert ids_in(queued) == [created[3]]
+    # The filter form as a browser sends it with a field left empty.
+    blanks = client.get("/ui/experiments", params={"status": "", "study_id": ""})
+    assert blanks.status_code == 200 and len(ids_in(blanks.text)) == 4
+    none = client.get("/ui/experiments", params={"status": "failed", "study_id": ""}).text
+    assert ids_in(none) == [] and "No experiment matches this filter" in none
     assert client.get("/ui/experiments", params={"sort": "colour"}).status_code == 422
 
 
@@ -67,13 +72,17 @@ def test_what_users_wrote_is_escaped(client):
 @SQLITE_ONLY
 def test_the_experiment_page_and_its_live_part(client):
     experiment = submit(client, epochs=3)
-    page = client.get(f"/ui/experiments/{experiment['id']}").text
-    assert page.startswith("<!doctype html>") and 'id="dropzone"' in page
-    assert "queued" in page and "conv_1" in page
+    response = client.get(f"/ui/experiments/{experiment['id']}")
+    page = response.text
+    assert page.startswith("<!doctype html>") and "conv_1" in page
+    # Queued: it can be cancelled; it has no model to download or to classify with yet.
+    assert 'id="cancel"' in page and 'id="dropzone"' not in page and 'id="download"' not in page
+    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+    assert response.headers["cache-control"] == "no-store"
     live = client.get(f"/ui/experiments/{experiment['id']}", params={"part": "live"}).text
-    assert 'id="curves"' in live and "dropzone" not in live
+    assert 'id="curves"' in live and 'id="cancel"' in live and "<h1>" not in live
     fragment = client.get(f"/ui/experiments/{experiment['id']}", headers={"X-Fragment": "1"})
-    assert "<html" not in fragment.text and 'id="dropzone"' in fragment.text
+    assert "<html" not in fragment.text and 'id="live"' in fragment.text
     assert client.get("/ui/experiments/999999").status_code == 404
     assert client.get("/ui/experiments/0").status_code == 404
     assert client.get("/ui/studies/999999").status_code == 404
@@ -90,6 +99,8 @@ def test_with_keys_a_page_without_one_is_the_key_prompt(settings):
         for path in ("/ui/experiments", "/ui/workers", "/ui/experiments/1"):
             page = client.get(path)
             assert page.status_code == 200 and 'id="key-prompt"' in page.text, path
+            # Without a name, the key cannot end up in a URL if the form is sent script-less.
+            assert '<input id="api-key" type="password"' in page.text
             assert "secret run" not in page.text
             refused = client.get(path, headers={"X-Fragment": "1"})
             assert refused.status_code == 401
@@ -106,6 +117,8 @@ def test_the_layer_preview_shows_the_summary_or_the_422_messages(client):
     assert summary.status_code == 200 and "conv_1" in summary.text and "parameters" in summary.text
     refused = client.post("/ui/preview", json={"conv_layers": 1, "filters": 0})
     assert refused.status_code == 422 and "greater than or equal to 1" in refused.text
+    unbuildable = client.post("/ui/preview", json={"conv_layers": 3, "kernel_size": 9}).text
+    assert "conv_3 has a 9x9 kernel" in unbuildable and "Value error" not in unbuildable
     assert client.get("/experiments").json()["total"] == 0  # A preview stores nothing.
 
 

@@ -6,6 +6,7 @@ session storage and fetches the page's content (`X-Fragment: 1`) with it. Script
 the event streams and redraw the live parts. Nothing comes from another host.
 """
 
+import functools
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,13 +18,14 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
 from fastapi.templating import Jinja2Templates
-from pydantic import ValidationError
+from pydantic import BeforeValidator, ValidationError
 
 from service import spec
 from service.api.deps import DatabaseDep, SettingsDep
 from service.api.experiments import get_experiment_or_404
 from service.api.security import authenticate, bearer
 from service.api.studies import get_study_or_404
+from service.architecture import IMAGE_SIZE
 from service.datasets import CLASS_NAMES, DatasetNotFoundError, load_test_images
 from service.schemas import MAX_DATABASE_ID
 from service.settings import Settings
@@ -35,9 +37,20 @@ logger = logging.getLogger(__name__)
 UI = Path(__file__).resolve().parent.parent / "ui"
 templates = Jinja2Templates(directory=UI / "templates")
 templates.env.globals["heat"] = heat
+templates.env.filters["variant_words"] = pages.variant_words
 router = APIRouter(include_in_schema=False)
 Id = Annotated[int, Query(ge=1, le=MAX_DATABASE_ID)]
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+# Scripts and fetches from this server only, no framing (a framed page's Cancel is one click
+# away), and the key never leaves in a Referer. Inline styles: the heat map's cells.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+    "style-src 'self' 'unsafe-inline'; script-src 'self'; connect-src 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    "X-Content-Type-Options": "nosniff",
+}
 
 
 async def _allowed(request: Request, settings: Settings, credentials: Credentials) -> bool:
@@ -61,19 +74,32 @@ async def _page(
     fragment = request.headers.get("x-fragment") == "1"
     if not await _allowed(request, settings, credentials):
         if fragment:
-            raise HTTPException(401, "the API key is missing or not valid")
-        return templates.TemplateResponse(
-            request, "base.html", {**context, "content": None, "title": context["title"]}
-        )
+            raise HTTPException(
+                401, "the API key is missing or not valid", {"WWW-Authenticate": "Bearer"}
+            )
+        return _render(request, "base.html", {**context, "content": None})
     context = {**context, **await load()}
     if fragment:
-        return templates.TemplateResponse(request, template, context)
-    return templates.TemplateResponse(request, "base.html", {**context, "content": template})
+        return _render(request, template, context)
+    return _render(request, "base.html", {**context, "content": template})
+
+
+def _render(request: Request, template: str, context: dict, status_code: int = 200):
+    response = templates.TemplateResponse(request, template, context, status_code=status_code)
+    response.headers.update(SECURITY_HEADERS)
+    # A page rendered for a key holds what the key may read: no cache keeps it.
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @router.get("/")
 async def home() -> RedirectResponse:
     return RedirectResponse("/ui/experiments", status_code=307)
+
+
+def _blank_is_none(value: object) -> object:
+    """A filter form sends its empty fields (`status=&study_id=`): they filter nothing."""
+    return None if value == "" else value
 
 
 @router.get("/ui/experiments")
@@ -84,8 +110,11 @@ async def experiments_page(
     credentials: Credentials,
     sort: Literal[tuple(pages.SORT_KEYS)] = "created",  # type: ignore[valid-type]
     order: Literal["asc", "desc"] = "desc",
-    status: Literal[tuple(pages.STATUSES)] | None = None,  # type: ignore[valid-type]
-    study_id: Id | None = None,
+    status: Annotated[
+        Literal[tuple(pages.STATUSES)] | None,  # type: ignore[valid-type]
+        BeforeValidator(_blank_is_none),
+    ] = None,
+    study_id: Annotated[Id | None, BeforeValidator(_blank_is_none)] = None,
     page: Annotated[int, Query(ge=1, le=MAX_DATABASE_ID)] = 1,
 ) -> HTMLResponse:
     async def load() -> dict:
@@ -115,25 +144,31 @@ class Field:
     maximum: float
     default: float | None
     step: float = 1
+    above_minimum: bool = False  # The minimum itself is refused (a learning rate of 0).
 
     @property
     def bounds(self) -> str:
-        low = "> 0" if self.name == "learning_rate" else f"{self.minimum:g}"
-        return f"{low}–{self.maximum:,g}" if low[0] != ">" else f"{low}, ≤ {self.maximum:g}"
+        if self.above_minimum:
+            return f"> {_number(self.minimum)}, ≤ {_number(self.maximum)}"
+        return f"{_number(self.minimum)}–{_number(self.maximum)}"
+
+
+def _number(value: float) -> str:
+    return f"{int(value):,}" if float(value).is_integer() else f"{value:g}"
 
 
 def _limits() -> list[Field]:
     return [
         Field("conv_layers", "conv layers", 0, spec.MAX_CONV_LAYERS, spec.DEFAULT_CONV_LAYERS),
         Field("filters", "filters per conv layer", 1, spec.MAX_FILTERS, spec.DEFAULT_FILTERS),
-        Field("kernel_size", "kernel size", 1, 28, spec.DEFAULT_KERNEL_SIZE),
-        Field("pool_size", "pool size (0: none)", 0, 28, spec.DEFAULT_POOL_SIZE),
+        Field("kernel_size", "kernel size", 1, IMAGE_SIZE, spec.DEFAULT_KERNEL_SIZE),
+        Field("pool_size", "pool size (0: none)", 0, IMAGE_SIZE, spec.DEFAULT_POOL_SIZE),
         Field("epochs", "epochs", 1, spec.MAX_EPOCHS, spec.DEFAULT_EPOCHS),
         Field("batch_size", "batch size", 1, spec.MAX_BATCH_SIZE, spec.DEFAULT_BATCH_SIZE),
         Field("train_samples", "training images (empty: all)", 1, spec.TRAIN_IMAGES, None),
-        Field("learning_rate", "learning rate", 0.000001, 1, spec.DEFAULT_LEARNING_RATE, 0.000001),
+        Field("learning_rate", "learning rate", 0, 1, spec.DEFAULT_LEARNING_RATE, 0.0001, True),
         Field("validation_split", "validation split", 0, 0.5, 0, 0.05),
-        Field("seed", "seed (empty: drawn)", 0, 2**31 - 1, None),
+        Field("seed", "seed (empty: drawn)", 0, spec.MAX_SEED, None),
     ]
 
 
@@ -163,15 +198,20 @@ async def experiment_page(
         return {"view": view, "class_names": CLASS_NAMES}
 
     template = "experiment_live.html" if part == "live" else "experiment.html"
-    context = {"title": f"Experiment {experiment_id}", "experiment_id": experiment_id}
+    context = {"title": f"Experiment {experiment_id}"}
     return await _page(request, settings, credentials, template, context, load)
 
 
 async def _test_images(settings: Settings) -> np.ndarray | None:
-    """The test set, read once per process; None where this process has no copy of it (an API
-    host without the data set still shows everything but the pictures)."""
+    return await run_in_threadpool(_read_test_images, settings.fashion_mnist_dir)
+
+
+@functools.cache
+def _read_test_images(directory: Path | None) -> np.ndarray | None:
+    """The test set, read once per process; None, remembered too, where this process has no
+    copy of it (an API host without the data set shows everything but the pictures)."""
     try:
-        return await run_in_threadpool(load_test_images, settings.fashion_mnist_dir)
+        return load_test_images(directory)
     except (DatasetNotFoundError, OSError) as error:
         logger.warning("no test images to show: %s", error)
         return None
@@ -195,7 +235,7 @@ async def study_page(
 
         return {"view": await database.read(read)}
 
-    context = {"title": f"Study {study_id}", "study_id": study_id}
+    context = {"title": f"Study {study_id}"}
     return await _page(request, settings, credentials, "study.html", context, load)
 
 
@@ -214,15 +254,17 @@ async def workers_page(
 
 @router.post("/ui/preview")
 async def preview(request: Request) -> HTMLResponse:
-    """The layer summary of a spec (the form's JSON), or the 422's messages: nothing stored."""
+    """The layer summary of a spec (the form's JSON), or the 422's messages. Open without a key
+    on purpose: it reads and stores nothing, and cross-site POSTs are refused as everywhere."""
     try:
         summary = ExperimentCreate.model_validate_json(await request.body()).to_spec().summary()
     except ValidationError as error:
-        messages = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in error.errors()]
-        return templates.TemplateResponse(
-            request, "preview.html", {"errors": messages}, status_code=422
-        )
-    return templates.TemplateResponse(request, "preview.html", {"summary": summary})
+        messages = [
+            {"loc": [str(part) for part in e["loc"]], "msg": e["msg"].removeprefix("Value error, ")}
+            for e in error.errors()
+        ]
+        return _render(request, "preview.html", {"errors": messages}, status_code=422)
+    return _render(request, "preview.html", {"summary": summary})
 
 
 @router.get("/ui/static/{name}")
@@ -231,5 +273,5 @@ async def static(name: Literal["app.js", "style.css"]) -> Response:
     return Response(
         (UI / "static" / name).read_bytes(),
         media_type=media,
-        headers={"Cache-Control": "max-age=300"},
+        headers={**SECURITY_HEADERS, "Cache-Control": "no-cache"},
     )

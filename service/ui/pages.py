@@ -6,39 +6,64 @@ beyond the charts it asks service/ui/charts.py for.
 
 import base64
 import io
+import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from markupsafe import Markup
 from PIL import Image
-from sqlalchemy import select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.orm import Session, defer, selectinload
 
 from service.api.presenters import experiment_list_item, experiment_read
 from service.api.studies import read_study
 from service.api.workers import worker_rows
 from service.datasets import CLASS_NAMES
-from service.models import Experiment, ExperimentStatus
+from service.models import EpochMetric, Experiment, ExperimentStatus
 from service.schemas import EpochRead, ExperimentListItem, ExperimentRead
 from service.ui.charts import Point, Series, line_chart, scatter_chart
 
 PAGE_SIZE = 25
+# Lines one chart can tell apart (charts.COLOURS).
+CURVES_SHOWN = 7
 MISCLASSIFIED_SHOWN = 24
-# Sortable columns: the query's name, and how to read it from a row.
-SORT_KEYS = {
-    "name": lambda item: (item.name or "").lower(),
-    "status": lambda item: item.status,
-    "params": lambda item: item.total_params,
-    "flatten": lambda item: item.flatten_size,
-    "epochs": lambda item: item.epochs_run,
-    "seconds": lambda item: item.seconds_per_epoch,
-    "accuracy": lambda item: item.test_accuracy,
-    "device": lambda item: item.device or "",
-    "created": lambda item: item.id,
+
+
+def _epochs_run() -> ColumnElement:
+    return (
+        select(func.count(EpochMetric.id))
+        .where(EpochMetric.experiment_id == Experiment.id)
+        .scalar_subquery()
+    )
+
+
+def _seconds_per_epoch() -> ColumnElement:
+    return (
+        select(func.avg(EpochMetric.seconds))
+        .where(EpochMetric.experiment_id == Experiment.id)
+        .scalar_subquery()
+    )
+
+
+# Sortable columns: the query's name, and the SQL expression the database sorts by, so that a
+# page reads 25 rows however many experiments there are.
+SORT_KEYS: dict[str, Callable[[], ColumnElement]] = {
+    "name": lambda: func.lower(Experiment.name),
+    "status": lambda: Experiment.status,
+    "params": lambda: Experiment.summary["total_params"].as_integer(),
+    "flatten": lambda: Experiment.summary["flatten_size"].as_integer(),
+    "epochs": _epochs_run,
+    "seconds": _seconds_per_epoch,
+    "accuracy": lambda: Experiment.test_accuracy,
+    "device": lambda: Experiment.device,
+    "created": lambda: Experiment.id,
 }
 STATUSES = [status.value for status in ExperimentStatus]
+# What a list row never shows: the test set's results, read for one experiment's page.
+LIST_DEFERRED = (defer(Experiment.test_confusion), defer(Experiment.test_misclassified))
 
 
 @dataclass(frozen=True)
@@ -71,22 +96,28 @@ def _progress(experiment: Experiment) -> float | None:
 def experiment_list(
     session: Session, *, sort: str, order: str, status: str | None, study_id: int | None, page: int
 ) -> ListPage:
-    """One page of experiments, filtered, sorted by any column (missing values last)."""
-    query = select(Experiment).options(selectinload(Experiment.epochs))
+    """One page of experiments, filtered, sorted by any column (missing values last, then
+    newest first, so that pages never repeat or skip a row)."""
+    conditions = []
     if status is not None:
-        query = query.where(Experiment.status == ExperimentStatus(status))
+        conditions.append(Experiment.status == ExperimentStatus(status))
     if study_id is not None:
-        query = query.where(Experiment.study_id == study_id)
-    rows = [Row(experiment_list_item(e), _progress(e)) for e in session.scalars(query)]
-    key = SORT_KEYS[sort]
-    present = [row for row in rows if key(row.item) is not None]
-    missing = [row for row in rows if key(row.item) is None]
-    present.sort(key=lambda row: key(row.item), reverse=order == "desc")
-    ordered = present + missing
-    pages = max(1, math.ceil(len(ordered) / PAGE_SIZE))
+        conditions.append(Experiment.study_id == study_id)
+    total = session.scalar(select(func.count()).select_from(Experiment).where(*conditions)) or 0
+    pages = max(1, math.ceil(total / PAGE_SIZE))
     page = min(page, pages)
-    shown = ordered[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
-    return ListPage(shown, len(ordered), page, pages, sort, order, status, study_id)
+    key = SORT_KEYS[sort]()
+    ordering = (key.desc() if order == "desc" else key.asc()).nulls_last()
+    experiments = session.scalars(
+        select(Experiment)
+        .where(*conditions)
+        .options(selectinload(Experiment.epochs), *LIST_DEFERRED)
+        .order_by(ordering, Experiment.id.desc())
+        .limit(PAGE_SIZE)
+        .offset((page - 1) * PAGE_SIZE)
+    )
+    rows = [Row(experiment_list_item(e), _progress(e)) for e in experiments]
+    return ListPage(rows, total, page, pages, sort, order, status, study_id)
 
 
 def learning_curves(epochs: list[EpochRead]) -> tuple[Markup, Markup]:
@@ -168,7 +199,7 @@ def _pareto(study: Any, cost: str, label: str, front_name: str) -> Markup:
         Point(
             getattr(variant, cost) if cost == "total_params" else variant.training_seconds.mean,
             variant.test_accuracy.mean,
-            f"{variant.variant} on {variant.device}",
+            f"{variant_words(variant.variant)} on {variant.device}",
             (variant.variant, variant.device) in on_front,
         )
         for variant in study.variants
@@ -180,24 +211,34 @@ def _pareto(study: Any, cost: str, label: str, front_name: str) -> Markup:
     )
 
 
+def variant_words(variant: str | None) -> str:
+    """`{"filters":4,"conv_layers":1}` as `filters 4, conv_layers 1`."""
+    params = json.loads(variant or "{}")
+    return ", ".join(f"{field} {value}" for field, value in params.items()) or "base"
+
+
 def study_page(session: Session, study_id: int) -> StudyPage:
     study = read_study(session, study_id)
-    runs = session.scalars(
-        select(Experiment)
-        .where(Experiment.study_id == study_id, Experiment.status == ExperimentStatus.SUCCEEDED)
-        .options(selectinload(Experiment.epochs))
-        .order_by(Experiment.id)
+    runs = list(
+        session.scalars(
+            select(Experiment)
+            .where(Experiment.study_id == study_id, Experiment.status == ExperimentStatus.SUCCEEDED)
+            .options(selectinload(Experiment.epochs))
+            .order_by(Experiment.id)
+        )
     )
     series = [
         Series(
-            f"#{run.id} {run.variant or ''}",
-            [(e.epoch, e.val_accuracy or e.accuracy) for e in run.epochs],
+            f"#{run.id}: {variant_words(run.variant)}",
+            [
+                (e.epoch, e.val_accuracy if e.val_accuracy is not None else e.accuracy)
+                for e in run.epochs
+            ],
         )
-        for run in runs
+        for run in runs[:CURVES_SHOWN]
     ]
-    curves = line_chart(
-        "Accuracy per run (validation where measured)", "epoch", "accuracy", series[:7]
-    )
+    shown = f" (first {CURVES_SHOWN} of {len(runs)})" if len(runs) > CURVES_SHOWN else ""
+    curves = line_chart(f"Accuracy per run{shown}", "epoch", "accuracy", series)
     return StudyPage(
         study,
         curves,

@@ -1,8 +1,12 @@
-// The dashboard's script: the key, live updates from the event streams, the forms, the drop zone.
-// Plain JavaScript, no build step; every request goes to this server.
+// The dashboard's script: the key, live updates, the forms, the drop zone. Plain JavaScript,
+// no build step; every request goes to this server.
 "use strict";
 
 const KEY = "convlab-api-key";
+// How often the experiments list asks for its rows while some are queued or running: one
+// request for the whole table, where a stream per row would use up the browser's six
+// connections to this host.
+const LIST_POLL_MS = 2000;
 
 function headers(extra = {}) {
   const key = sessionStorage.getItem(KEY);
@@ -15,89 +19,28 @@ function api(path, options = {}) {
 
 const content = () => document.getElementById("content");
 
-// A page's content, fetched again with the key (the server renders it; this only swaps it in).
-async function reload(url = content().dataset.url) {
-  const response = await api(url, { headers: { "X-Fragment": "1" } });
-  if (response.status === 401) {
-    sessionStorage.removeItem(KEY);
-    window.location.reload();
-    return;
-  }
-  if (response.ok) {
-    content().innerHTML = await response.text();
-    start();
+function fragment(url) {
+  return api(url, { headers: { "X-Fragment": "1" } });
+}
+
+async function message(response) {
+  try {
+    const body = await response.json();
+    return typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
+  } catch (error) {
+    return `${response.status} ${response.statusText}`;
   }
 }
 
-function askForKey(form) {
-  const error = document.getElementById("key-error");
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    sessionStorage.setItem(KEY, document.getElementById("api-key").value.trim());
-    const response = await api(content().dataset.url, { headers: { "X-Fragment": "1" } });
-    if (!response.ok) {
-      sessionStorage.removeItem(KEY);
-      error.textContent = "That key was not accepted.";
-      return;
-    }
-    content().innerHTML = await response.text();
-    start();
-  });
-  if (sessionStorage.getItem(KEY)) reload();
-}
-
-// Server-Sent Events read with fetch, which (unlike EventSource) can send the key; resumed
-// with Last-Event-ID until the stream says it is done.
-function follow(path, onEvent) {
-  let lastId = null;
-  let stopped = false;
-  const controller = new AbortController();
-  async function connect() {
-    while (!stopped) {
-      try {
-        const extra = lastId ? { "Last-Event-ID": lastId } : {};
-        const response = await api(path, { headers: extra, signal: controller.signal });
-        if (!response.ok) return;
-        const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-        let buffer = "";
-        for (;;) {
-          const { value, done } = await reader.read();
-          if (done) break;
-          buffer += value;
-          let end;
-          while ((end = buffer.indexOf("\n\n")) >= 0) {
-            const event = parse(buffer.slice(0, end));
-            buffer = buffer.slice(end + 2);
-            if (event.id) lastId = event.id;
-            if (event.type && onEvent(event.type, event.data) === false) {
-              stopped = true;
-              controller.abort();
-              return;
-            }
-          }
-        }
-      } catch (error) {
-        if (stopped) return;
-      }
-      await new Promise((resolve) => setTimeout(resolve, 1000));
-    }
-  }
-  connect();
-  return () => { stopped = true; controller.abort(); };
-}
-
-function parse(block) {
-  const event = { type: "message", data: "" };
-  for (const line of block.split("\n")) {
-    if (line.startsWith(":")) continue;
-    const [field, ...rest] = line.split(":");
-    const value = rest.join(":").replace(/^ /, "");
-    if (field === "event") event.type = value;
-    else if (field === "data") event.data += value;
-    else if (field === "id") event.id = value;
-  }
-  try { event.data = JSON.parse(event.data); } catch (error) { /* a plain string */ }
-  return event;
+// A function that runs `work` for the latest call only: an answer that arrives after a newer
+// request was sent is dropped, so a slow early refresh never overwrites a later one.
+function latest(work) {
+  let sequence = 0;
+  return async (...args) => {
+    const mine = ++sequence;
+    const result = await work(...args);
+    return mine === sequence ? result : null;
+  };
 }
 
 // Runs `work` at most every `ms`, and once more after the last call.
@@ -111,24 +54,127 @@ function throttle(work, ms) {
   };
 }
 
-const streams = [];
+// The key prompt: only a 401 means a wrong key; anything else is said as it is.
+function askForKey(form) {
+  const error = document.getElementById("key-error");
+  const open = async () => {
+    const response = await fragment(content().dataset.url);
+    if (response.status === 401) {
+      sessionStorage.removeItem(KEY);
+      error.textContent = "That key was not accepted.";
+      return;
+    }
+    if (!response.ok) {
+      error.textContent = await message(response);
+      return;
+    }
+    content().innerHTML = await response.text();
+    start();
+  };
+  form.querySelector("button").disabled = false;
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    sessionStorage.setItem(KEY, document.getElementById("api-key").value.trim());
+    open();
+  });
+  if (sessionStorage.getItem(KEY)) open();
+}
 
-function stopStreams() {
-  while (streams.length) streams.pop()();
+// Server-Sent Events read with fetch, which (unlike EventSource) can send the key. Resumed
+// with Last-Event-ID after a drop, with a growing pause; stops when `onEvent` returns false.
+function follow(path, onEvent) {
+  let lastId = null;
+  let stopped = false;
+  let pause = 1000;
+  const controller = new AbortController();
+  const handle = (event) => {
+    try {
+      if (onEvent(event.type, event.data) === false) stop();
+    } catch (error) {
+      console.error(error); // A bug in a handler must not turn into a reconnect loop.
+    }
+  };
+  const stop = () => { stopped = true; controller.abort(); };
+  (async () => {
+    while (!stopped) {
+      try {
+        const extra = lastId ? { "Last-Event-ID": lastId } : {};
+        const response = await api(path, { headers: extra, signal: controller.signal });
+        if (response.status === 401 || response.status === 404) return;
+        if (response.ok) {
+          pause = 1000;
+          await read(response, (event) => {
+            if (event.id) lastId = event.id;
+            handle(event);
+          }, () => stopped);
+        }
+      } catch (error) {
+        if (stopped) return;
+      }
+      await new Promise((resolve) => setTimeout(resolve, pause));
+      pause = Math.min(pause * 2, 30000);
+    }
+  })();
+  return stop;
+}
+
+async function read(response, dispatch, stopped) {
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  while (!stopped()) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer = (buffer + value).replace(/\r\n?/g, "\n");
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const event = parse(buffer.slice(0, end));
+      buffer = buffer.slice(end + 2);
+      if (event) dispatch(event);
+    }
+  }
+}
+
+// One event block, or null for a block without data (the server's keep-alive comments).
+function parse(block) {
+  const event = { type: "message", data: null };
+  for (const line of block.split("\n")) {
+    if (line === "" || line.startsWith(":")) continue;
+    const colon = line.indexOf(":");
+    const field = colon < 0 ? line : line.slice(0, colon);
+    const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+    if (field === "event") event.type = value;
+    else if (field === "data") event.data = event.data === null ? value : `${event.data}\n${value}`;
+    else if (field === "id") event.id = value;
+  }
+  if (event.data === null) return null;
+  try { event.data = JSON.parse(event.data); } catch (error) { /* plain text */ }
+  return event;
+}
+
+const stoppers = [];
+
+function stopAll() {
+  while (stoppers.length) stoppers.pop()();
+}
+
+// Swaps the element `id` for its copy in a fresh fragment of the page; the rest stays.
+async function swap(id, url = content().dataset.url) {
+  const response = await fragment(url);
+  if (!response.ok) return false;
+  const page = new DOMParser().parseFromString(await response.text(), "text/html");
+  const fresh = page.getElementById(id);
+  const current = document.getElementById(id);
+  if (fresh && current) current.replaceWith(fresh);
+  return Boolean(fresh);
 }
 
 function experimentsPage() {
-  for (const row of document.querySelectorAll("tr[data-running]")) {
-    const id = row.dataset.experimentId;
-    const bar = row.querySelector("progress");
-    streams.push(follow(`/experiments/${id}/events`, (type, data) => {
-      if (type === "progress" && bar) {
-        bar.value = ((data.epoch - 1) * data.steps + data.step) / (data.epochs * data.steps);
-      }
-      if (type === "done") { reload(); return false; }
-      return true;
-    }));
-  }
+  const refresh = latest(() => swap("experiments"));
+  const poll = async () => {
+    if (document.querySelector("#experiments tr[data-live]")) await refresh();
+  };
+  const timer = setInterval(poll, LIST_POLL_MS);
+  stoppers.push(() => clearInterval(timer));
   const form = document.getElementById("submit-form");
   if (form) submitForm(form);
 }
@@ -145,18 +191,27 @@ function specFrom(form) {
   spec.dense_units = dense ? dense.split(",").map((unit) => Number(unit.trim())) : [];
   spec.device = form.elements.device.value;
   const metric = form.elements.stop_metric.value;
-  if (metric) spec.stop = { metric, threshold: Number(form.elements.stop_threshold.value) };
+  if (metric) {
+    spec.stop = { metric };
+    // Left out when empty, so the API says it is missing rather than reading it as 0.
+    const threshold = form.elements.stop_threshold.value;
+    if (threshold !== "") spec.stop.threshold = Number(threshold);
+  }
   return spec;
 }
 
 function showErrors(form, errors) {
   for (const span of form.querySelectorAll(".field-error")) span.textContent = "";
+  for (const input of form.querySelectorAll("[aria-invalid]")) input.removeAttribute("aria-invalid");
   const general = [];
   for (const error of errors) {
     const loc = error.loc.filter((part) => part !== "body");
     const span = form.querySelector(`.field-error[data-field="${loc[0]}"]`);
-    if (span) span.textContent = error.msg;
-    else general.push(error.msg);
+    if (span) {
+      span.textContent = error.msg.replace(/^Value error, /, "");
+      const input = document.getElementById(span.dataset.input);
+      if (input) input.setAttribute("aria-invalid", "true");
+    } else general.push(error.msg.replace(/^Value error, /, ""));
   }
   document.getElementById("form-error").textContent = general.join("; ");
 }
@@ -174,83 +229,111 @@ function submitForm(form) {
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify(specFrom(form)),
     });
-    const body = await response.json();
     if (response.status === 202) {
-      window.location.assign(`/ui/experiments/${body.id}`);
-    } else if (Array.isArray(body.detail)) {
-      showErrors(form, body.detail);
-    } else {
-      showErrors(form, [{ loc: [], msg: body.detail }]);
+      window.location.assign(`/ui/experiments/${(await response.json()).id}`);
+      return;
     }
+    let detail;
+    try { detail = (await response.json()).detail; } catch (error) { detail = response.statusText; }
+    showErrors(form, Array.isArray(detail) ? detail : [{ loc: [], msg: String(detail) }]);
   });
 }
 
 function experimentPage(live) {
   const id = live.dataset.experimentId;
+  const url = `/ui/experiments/${id}?part=live`;
+  const replace = latest(async () => {
+    const response = await fragment(url);
+    return response.ok ? response.text() : null;
+  });
   const refresh = throttle(async () => {
-    const response = await api(`/ui/experiments/${id}?part=live`, { headers: { "X-Fragment": "1" } });
-    if (response.ok) live.innerHTML = await response.text();
+    const html = await replace();
+    if (html === null) return;
+    live.innerHTML = html;
+    bindControls(live, id, refresh);
   }, 500);
-  streams.push(follow(`/experiments/${id}/events`, (type, data) => {
-    if (type === "progress") {
-      const bar = document.getElementById("progress");
-      const text = document.getElementById("progress-text");
-      if (bar) {
-        bar.max = data.epochs * data.steps;
-        bar.value = (data.epoch - 1) * data.steps + data.step;
-        text.textContent = `epoch ${data.epoch} of ${data.epochs}, step ${data.step} of ${data.steps}`;
-      } else refresh();
-    } else refresh();
+  bindControls(live, id, refresh);
+  if (live.dataset.final === "true") return; // Nothing will change: no stream.
+  stoppers.push(follow(`/experiments/${id}/events`, (type, data) => {
+    const bar = document.getElementById("progress");
+    if (type === "progress" && bar && data.steps > 0) {
+      bar.max = data.epochs * data.steps;
+      bar.value = (data.epoch - 1) * data.steps + data.step;
+      document.getElementById("progress-text").textContent =
+        `epoch ${data.epoch} of ${data.epochs}, step ${data.step} of ${data.steps}`;
+    } else {
+      refresh();
+    }
     return type !== "done";
   }));
-  document.getElementById("cancel").addEventListener("click", async () => {
-    await api(`/experiments/${id}/cancel`, { method: "POST" });
-    refresh();
-  });
-  document.getElementById("download").addEventListener("click", async (event) => {
-    if (!sessionStorage.getItem(KEY)) return; // The plain link works without a key.
-    event.preventDefault();
-    const response = await api(`/experiments/${id}/model`);
-    const link = document.createElement("a");
-    link.href = URL.createObjectURL(await response.blob());
-    link.download = `experiment-${id}.keras`;
-    link.click();
-  });
-  dropZone(document.getElementById("dropzone"), id);
+}
+
+// The buttons and the drop zone, bound again each time the live part is redrawn.
+function bindControls(live, id, refresh) {
+  const cancel = document.getElementById("cancel");
+  const note = document.getElementById("control-error");
+  if (cancel) {
+    cancel.addEventListener("click", async () => {
+      const response = await api(`/experiments/${id}/cancel`, { method: "POST" });
+      note.textContent = response.ok ? "" : await message(response);
+      refresh();
+    });
+  }
+  const download = document.getElementById("download");
+  if (download) {
+    download.addEventListener("click", async (event) => {
+      if (!sessionStorage.getItem(KEY)) return; // The plain link works without a key.
+      event.preventDefault();
+      const response = await api(`/experiments/${id}/model`);
+      if (!response.ok) { note.textContent = await message(response); return; }
+      const link = document.createElement("a");
+      link.href = URL.createObjectURL(await response.blob());
+      link.download = `experiment-${id}.keras`;
+      link.click();
+      setTimeout(() => URL.revokeObjectURL(link.href), 1000);
+    });
+  }
+  const zone = document.getElementById("dropzone");
+  if (zone) dropZone(zone, id);
 }
 
 function dropZone(zone, id) {
   const input = document.getElementById("predict-file");
   const output = document.getElementById("prediction");
+  const names = JSON.parse(zone.dataset.classNames || "[]");
+  const ask = latest((file) => api(`/predict?experiment_id=${id}`, {
+    method: "POST",
+    headers: { "Content-Type": file.type || "application/octet-stream" },
+    body: file,
+  }));
   async function classify(file) {
-    const response = await api(`/predict?experiment_id=${id}`, {
-      method: "POST",
-      headers: { "Content-Type": file.type || "application/octet-stream" },
-      body: file,
-    });
-    const body = await response.json();
+    const response = await ask(file);
+    if (response === null) return; // A newer picture was dropped meanwhile.
+    output.innerHTML = "";
     if (!response.ok) {
-      output.innerHTML = "";
       const error = document.createElement("p");
       error.className = "error";
-      error.textContent = typeof body.detail === "string" ? body.detail : "the picture was refused";
+      error.textContent = await message(response);
       output.append(error);
       return;
     }
-    const [prediction] = body.predictions;
-    output.innerHTML = `<p>Predicted: <strong id="predicted-class"></strong></p><ol class="bars"></ol>`;
-    output.querySelector("#predicted-class").textContent =
+    const [prediction] = (await response.json()).predictions;
+    const heading = document.createElement("p");
+    heading.innerHTML = "Predicted: <strong id=\"predicted-class\"></strong>";
+    heading.querySelector("strong").textContent =
       `${prediction.class_name} (${(prediction.confidence * 100).toFixed(1)}%)`;
-    const names = JSON.parse(zone.dataset.classNames || "[]");
+    const bars = document.createElement("ol");
+    bars.className = "bars";
     prediction.probabilities.forEach((p, index) => {
       const item = document.createElement("li");
       item.className = index === prediction.label ? "bar best" : "bar";
-      item.innerHTML = `<span class="bar-label"></span><span class="bar-fill"></span><span class="bar-value"></span>`;
+      item.innerHTML = "<span class=\"bar-label\"></span><span class=\"bar-fill\"></span><span class=\"bar-value\"></span>";
       item.querySelector(".bar-label").textContent = names[index] || index;
       item.querySelector(".bar-fill").style.width = `${(p * 100).toFixed(1)}%`;
       item.querySelector(".bar-value").textContent = `${(p * 100).toFixed(1)}%`;
-      output.querySelector("ol").append(item);
+      bars.append(item);
     });
+    output.append(heading, bars);
   }
   zone.addEventListener("dragover", (event) => { event.preventDefault(); zone.classList.add("over"); });
   zone.addEventListener("dragleave", () => zone.classList.remove("over"));
@@ -264,22 +347,15 @@ function dropZone(zone, id) {
 
 function studyPage(live) {
   const id = live.dataset.studyId;
-  // Only the live part is swapped: the stream, and the page around it, stay.
-  const refresh = throttle(async () => {
-    const response = await api(content().dataset.url, { headers: { "X-Fragment": "1" } });
-    if (!response.ok) return;
-    const page = new DOMParser().parseFromString(await response.text(), "text/html");
-    const fresh = page.getElementById("study-live");
-    if (fresh) live.innerHTML = fresh.innerHTML;
-  }, 1000);
-  streams.push(follow(`/studies/${id}/events`, (type) => {
+  const refresh = throttle(latest(() => swap("study-live")), 1000);
+  stoppers.push(follow(`/studies/${id}/events`, (type) => {
     if (type === "status" || type === "end") refresh();
     return type !== "end";
   }));
 }
 
 function start() {
-  stopStreams();
+  stopAll();
   const prompt = document.getElementById("key-prompt");
   if (prompt) { askForKey(prompt); return; }
   if (document.getElementById("experiments")) experimentsPage();

@@ -133,6 +133,10 @@ curl -fsS "${AUTH[@]}" -X POST "$API/v1/models/experiment-$id:predict" \
   | python3 -c 'import json, sys; p = json.load(sys.stdin)["predictions"][0]; print("class", p.index(max(p)))' \
   || fail "POST /v1/models/experiment-$id:predict"
 
+step "The dashboard in the image: the experiments page, with the run in its table"
+curl -fsS "${AUTH[@]}" -H 'X-Fragment: 1' "$API/ui/experiments" | grep -q "data-experiment-id=\"$id\"" \
+  && echo "experiment $id listed" || fail "GET /ui/experiments"
+
 step "docker compose down, then up with two workers: the experiment and its model are still there"
 "${COMPOSE[@]}" down || fail "compose down"
 "${COMPOSE[@]}" up -d --no-build --scale worker=2 || fail "compose up again"

@@ -145,6 +145,29 @@ def test_a_study_stream_multiplexes_its_experiments_and_ends(client, batch, monk
     assert kept(resumed[1:]) == kept(events[events.index(first_end) + 2 :])
 
 
+def test_a_stream_of_several_experiments_carries_just_those_and_ends(client):
+    first, second, other = submit(client), submit(client), submit(client)
+    ids = sorted([first["id"], second["id"]])
+
+    def cancel() -> None:
+        for experiment_id in ids:
+            client.post(f"/experiments/{experiment_id}/cancel")
+
+    threading.Timer(0.3, cancel).start()
+    events = stream(client, f"/events?experiment_id={ids[0]}&experiment_id={ids[1]}")
+    assert {e.data["experiment_id"] for e in events if e.event == "status"} == set(ids)
+    for experiment_id in ids:
+        own = [(e.event, e.data.get("status")) for e in events if _of(e, experiment_id)]
+        assert own == [("status", "queued"), ("status", "cancelled"), ("done", "cancelled")]
+    assert not [e for e in events if _of(e, other["id"])]
+    assert (events[-1].event, events[-1].data) == ("end", {"experiment_ids": ids})
+    missing = client.get(f"/events?experiment_id={ids[0]}&experiment_id=424242")
+    assert missing.status_code == 404 and "experiment 424242 does not exist" in missing.text
+    assert client.get("/events").status_code == 422
+    too_many = "&".join(f"experiment_id={n}" for n in range(1, 102))
+    assert client.get(f"/events?{too_many}").status_code == 422
+
+
 def _of(event: Sse, experiment_id: int) -> bool:
     if event.event == "end":
         return False

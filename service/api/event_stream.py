@@ -93,10 +93,11 @@ def _too_many(reason: str) -> HTTPException:
 class Followed:
     """What a stream follows: the experiments that meet `condition`, and how it ends."""
 
-    key: str  # Its wake-up key (service/api/event_wakeup.py).
+    keys: tuple[str, ...]  # Its wake-up keys (service/api/event_wakeup.py).
     condition: ColumnElement[bool]
     view: Callable[[Session, int], BaseModel]
-    # A study's stream ends with `end` and this view; an experiment's ends with its `done`.
+    # A study's (or a set's) stream ends with `end` and this view; an experiment's ends with
+    # its `done`.
     end_view: Callable[[Session], BaseModel] | None = None
 
 

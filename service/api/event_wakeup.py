@@ -38,16 +38,19 @@ class EventWakeup:
         self._subscribers: dict[str, set[asyncio.Event]] = defaultdict(set)
 
     @contextlib.contextmanager
-    def subscription(self, key: str) -> Iterator[asyncio.Event]:
-        """An event set whenever `key` may have changed; the caller clears it before reading."""
+    def subscription(self, keys: tuple[str, ...]) -> Iterator[asyncio.Event]:
+        """An event set whenever one of `keys` may have changed; the caller clears it before
+        reading."""
         woken = asyncio.Event()
-        self._subscribers[key].add(woken)
+        for key in keys:
+            self._subscribers[key].add(woken)
         try:
             yield woken
         finally:
-            self._subscribers[key].discard(woken)
-            if not self._subscribers[key]:
-                del self._subscribers[key]
+            for key in keys:
+                self._subscribers[key].discard(woken)
+                if not self._subscribers[key]:
+                    del self._subscribers[key]
 
     def notify(self, payload: str) -> None:
         """Wake the subscribers of a "<experiment id>:<study id or empty>" payload."""

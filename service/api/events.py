@@ -5,9 +5,10 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, status
 from fastapi.sse import EventSourceResponse, ServerSentEvent
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.api.deps import DatabaseDep, SettingsDep
@@ -20,6 +21,7 @@ from service.api.security import CallerDep, authenticate
 from service.api.studies import StudyId, get_study_or_404, read_study
 from service.events import CURSOR_PATTERN, Cursor
 from service.models import Experiment
+from service.schemas import MAX_DATABASE_ID
 from service.settings import Settings
 
 router = APIRouter(
@@ -36,6 +38,8 @@ EVENTS_HELP = (
     "connection alive every 15 s."
 )
 # Typed str, not str | None: a nullable header would be documented as accepting "null".
+# Experiments one stream may follow at once: a page of the dashboard's table, and then some.
+MAX_FOLLOWED = 100
 LastEventId = Annotated[
     str,
     Header(
@@ -76,7 +80,7 @@ async def followed_experiment(
     """What an experiment's stream follows, or a 404."""
     await database.read(lambda session: get_experiment_or_404(session, experiment_id))
     return Followed(
-        experiment_key(experiment_id),
+        (experiment_key(experiment_id),),
         Experiment.id == experiment_id,
         _experiment_view(settings.lease_seconds),
     )
@@ -88,10 +92,51 @@ async def followed_study(
     """What a study's stream follows, or a 404."""
     await database.read(lambda session: get_study_or_404(session, study_id))
     return Followed(
-        study_key(study_id),
+        (study_key(study_id),),
         Experiment.study_id == study_id,
         _experiment_view(settings.lease_seconds),
         end_view=lambda session: read_study(session, study_id),
+    )
+
+
+class FollowedSetEnd(BaseModel):
+    """The `end` of a stream of several experiments: every one of them has ended."""
+
+    experiment_ids: list[int]
+
+
+FollowedIds = Annotated[
+    list[Annotated[int, Field(ge=1, le=MAX_DATABASE_ID)]],
+    Query(
+        alias="experiment_id",
+        min_length=1,
+        max_length=MAX_FOLLOWED,
+        description=f"an experiment to follow; repeat for each, up to {MAX_FOLLOWED}",
+    ),
+]
+
+
+async def followed_set(
+    experiment_ids: FollowedIds, database: DatabaseDep, settings: SettingsDep
+) -> Followed:
+    """What a stream of several experiments follows, or a 404 naming those that do not exist."""
+    ids = sorted(set(experiment_ids))
+
+    def missing(session: Session) -> list[int]:
+        found = set(session.scalars(select(Experiment.id).where(Experiment.id.in_(ids))))
+        return [experiment_id for experiment_id in ids if experiment_id not in found]
+
+    absent = await database.read(missing)
+    if absent:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            f"experiment {', '.join(map(str, absent))} does not exist: GET /experiments lists them",
+        )
+    return Followed(
+        tuple(experiment_key(experiment_id) for experiment_id in ids),
+        Experiment.id.in_(ids),
+        _experiment_view(settings.lease_seconds),
+        end_view=lambda _session: FollowedSetEnd(experiment_ids=ids),
     )
 
 
@@ -103,7 +148,7 @@ async def _follow(
         NOTIFIED_POLL_SECONDS if state.event_listener_active else settings.event_poll_seconds
     )
     limit = settings.event_stream_max_seconds
-    with state.event_wakeup.subscription(followed.key) as woken:
+    with state.event_wakeup.subscription(followed.keys) as woken:
         waiting = Waiting(
             woken,
             state.shutdown.stopping,
@@ -147,5 +192,24 @@ async def study_events(
     cursor: Annotated[Cursor, Depends(resume_cursor)],
 ) -> AsyncIterator[ServerSentEvent]:
     """Follow every experiment of a study, multiplexed, until all have ended."""
+    async for event in _follow(request, settings, followed, cursor):
+        yield event
+
+
+@router.get(
+    "/events",
+    response_class=EventSourceResponse,
+    dependencies=[Depends(stream_slot)],
+    description=EVENTS_HELP
+    + " This stream carries the events of every experiment named, a `done` as each ends, and "
+    "`end` (the ids) once all have, after which it closes: one connection for a whole table.",
+)
+async def experiments_events(
+    request: Request,
+    settings: SettingsDep,
+    followed: Annotated[Followed, Depends(followed_set)],
+    cursor: Annotated[Cursor, Depends(resume_cursor)],
+) -> AsyncIterator[ServerSentEvent]:
+    """Follow several experiments at once, multiplexed, until all have ended."""
     async for event in _follow(request, settings, followed, cursor):
         yield event

@@ -3,10 +3,6 @@
 "use strict";
 
 const KEY = "convlab-api-key";
-// How often the experiments list asks for its rows while some are queued or running: one
-// request for the whole table, where a stream per row would use up the browser's six
-// connections to this host.
-const LIST_POLL_MS = 2000;
 
 function headers(extra = {}) {
   const key = sessionStorage.getItem(KEY);
@@ -168,13 +164,36 @@ async function swap(id, url = content().dataset.url) {
   return Boolean(fresh);
 }
 
+// The table's queued and running rows, followed through one multiplexed stream (GET /events):
+// a stream per row would hold one of the six connections a browser keeps to a host.
 function experimentsPage() {
-  const refresh = latest(() => swap("experiments"));
-  const poll = async () => {
-    if (document.querySelector("#experiments tr[data-live]")) await refresh();
-  };
-  const timer = setInterval(poll, LIST_POLL_MS);
-  stoppers.push(() => clearInterval(timer));
+  let stop = null;
+  let following = "";
+  const redraw = latest(() => swap("experiments"));
+  const refresh = throttle(async () => { if (await redraw()) watch(); }, 1000);
+  function moved(data) {
+    const bar = document.querySelector(`tr[data-experiment-id="${data.experiment_id}"] progress`);
+    if (!bar || !(data.steps > 0)) { refresh(); return; }
+    bar.max = 1;
+    bar.value = ((data.epoch - 1) * data.steps + data.step) / (data.epochs * data.steps);
+  }
+  function watch() {
+    const rows = document.querySelectorAll("#experiments tr[data-live]");
+    const ids = [...rows].map((row) => row.dataset.experimentId);
+    if (ids.join(",") === following) return;
+    if (stop) stop();
+    following = ids.join(",");
+    stop = ids.length === 0 ? null : follow(
+      `/events?${ids.map((id) => `experiment_id=${id}`).join("&")}`,
+      (type, data) => {
+        if (type === "progress") moved(data);
+        else if (type === "status" || type === "done") refresh();
+        return type !== "end";
+      },
+    );
+  }
+  watch();
+  stoppers.push(() => { if (stop) stop(); });
   const form = document.getElementById("submit-form");
   if (form) submitForm(form);
 }

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2 as httpx
-from common import ROOT, free_port, wait_healthy
+from common import ROOT, api_server
 
 LONG_RUN = {"name": "load", "conv_layers": 2, "filters": 32, "epochs": 50, "device": "cpu"}
 
@@ -99,55 +99,37 @@ def main() -> None:
     args = parser.parse_args()
     streams_phase = f"{args.streams} event streams open"
     with tempfile.TemporaryDirectory() as directory:
-        port = free_port()
-        env = {
-            **os.environ,
-            "DATABASE_URL": f"sqlite:///{Path(directory) / 'bench.db'}",
-            "PORT": str(port),
-        }
+        env = {**os.environ, "DATABASE_URL": f"sqlite:///{Path(directory) / 'bench.db'}"}
         subprocess.run([sys.executable, "-m", "service", "migrate"], cwd=ROOT, env=env, check=True)
-        api = subprocess.Popen(
-            [sys.executable, "-m", "service", "api"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
         results = {}
-        try:
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
-                wait_healthy(f"http://127.0.0.1:{port}", api)
-                path = f"/experiments/{http.post('/experiments', json=LONG_RUN).json()['id']}"
-                results["no training"] = measure(http, path, args.seconds)
-                base = f"http://127.0.0.1:{port}"
-                with event_streams(base, path, args.streams):
-                    results[f"no training, {streams_phase}"] = measure(http, path, args.seconds)
-                for nice in ("0", "10"):
-                    worker = subprocess.Popen(
-                        [sys.executable, "-m", "service", "worker", "--device", "cpu"],
-                        cwd=ROOT,
-                        env={**env, "WORKER_NICE": nice},
-                        stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL,
-                    )
-                    for _ in range(1200):
-                        progress = http.get(path).json()["progress"]
-                        if progress and progress["step"] > 0:
-                            break
-                        time.sleep(0.1)
-                    results[f"training, WORKER_NICE={nice}"] = measure(http, path, args.seconds)
-                    if nice == "10":
-                        with event_streams(base, path, args.streams) as streams:
-                            phase = f"training, WORKER_NICE={nice}, {streams_phase}"
-                            results[phase] = measure(http, path, args.seconds)
-                        print(f"the streams read {streams.events} events while training")
-                    worker.send_signal(signal.SIGTERM)
-                    time.sleep(0.5)
-                    worker.send_signal(signal.SIGTERM)
-                    worker.wait(60)
-        finally:
-            api.terminate()
-            api.wait(30)
+        with api_server(env) as base, httpx.Client(base_url=base, timeout=30) as http:
+            path = f"/experiments/{http.post('/experiments', json=LONG_RUN).json()['id']}"
+            results["no training"] = measure(http, path, args.seconds)
+            with event_streams(base, path, args.streams):
+                results[f"no training, {streams_phase}"] = measure(http, path, args.seconds)
+            for nice in ("0", "10"):
+                worker = subprocess.Popen(
+                    [sys.executable, "-m", "service", "worker", "--device", "cpu"],
+                    cwd=ROOT,
+                    env={**env, "WORKER_NICE": nice},
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                for _ in range(1200):
+                    progress = http.get(path).json()["progress"]
+                    if progress and progress["step"] > 0:
+                        break
+                    time.sleep(0.1)
+                results[f"training, WORKER_NICE={nice}"] = measure(http, path, args.seconds)
+                if nice == "10":
+                    with event_streams(base, path, args.streams) as streams:
+                        phase = f"training, WORKER_NICE={nice}, {streams_phase}"
+                        results[phase] = measure(http, path, args.seconds)
+                    print(f"the streams read {streams.events} events while training")
+                worker.send_signal(signal.SIGTERM)
+                time.sleep(0.5)
+                worker.send_signal(signal.SIGTERM)
+                worker.wait(60)
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; SQLite; sequential GETs")
     print("| phase | requests | p50 ms | p99 ms |")

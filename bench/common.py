@@ -5,6 +5,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx2 as httpx
@@ -30,6 +32,27 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 120) -> N
         except httpx.TransportError:
             time.sleep(0.2)
     raise RuntimeError(f"{url} never answered")
+
+
+@contextmanager
+def api_server(env: dict) -> Iterator[str]:
+    """`python -m service api` on a free port with `env`, answering; its base URL. Stopped on
+    the way out."""
+    port = free_port()
+    api = subprocess.Popen(
+        [sys.executable, "-m", "service", "api"],
+        cwd=ROOT,
+        env={**env, "PORT": str(port)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(base, api)
+        yield base
+    finally:
+        api.terminate()
+        api.wait(30)
 
 
 def train_through_service(spec: dict, directory: Path) -> tuple[dict, bytes, dict]:

@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx2 as httpx
-from common import ROOT, free_port, wait_healthy
+from common import ROOT, api_server
 from fastapi.testclient import TestClient
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
@@ -149,18 +149,7 @@ def main() -> None:
         env = {**os.environ, "DATABASE_URL": url}
         subprocess.run([sys.executable, "-m", "service", "migrate"], cwd=ROOT, env=env, check=True)
         study_id = seed(url)
-        port = free_port()
-        env["PORT"] = str(port)
-        api = subprocess.Popen(
-            [sys.executable, "-m", "service", "api"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            wait_healthy(base, api)
+        with api_server(env) as base:
             driver = chromium()
             try:
                 pages = {
@@ -180,9 +169,6 @@ def main() -> None:
                 }
             finally:
                 driver.quit()
-        finally:
-            api.terminate()
-            api.wait(30)
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores; Chromium and the API on it")
     print(
         "| page | HTML ms | first paint ms | first chart | DOMContentLoaded ms | kB | "

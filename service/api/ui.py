@@ -127,7 +127,7 @@ async def experiments_page(
 
     context = {
         "title": "Experiments",
-        "fields": _limits(),
+        "fields": FORM_FIELDS,
         "max_dense_units": spec.MAX_DENSE_UNITS,
         "default_dense_units": ",".join(map(str, spec.DEFAULT_DENSE_UNITS)),
     }
@@ -157,19 +157,19 @@ def _number(value: float) -> str:
     return f"{int(value):,}" if float(value).is_integer() else f"{value:g}"
 
 
-def _limits() -> list[Field]:
-    return [
-        Field("conv_layers", "conv layers", 0, spec.MAX_CONV_LAYERS, spec.DEFAULT_CONV_LAYERS),
-        Field("filters", "filters per conv layer", 1, spec.MAX_FILTERS, spec.DEFAULT_FILTERS),
-        Field("kernel_size", "kernel size", 1, IMAGE_SIZE, spec.DEFAULT_KERNEL_SIZE),
-        Field("pool_size", "pool size (0: none)", 0, IMAGE_SIZE, spec.DEFAULT_POOL_SIZE),
-        Field("epochs", "epochs", 1, spec.MAX_EPOCHS, spec.DEFAULT_EPOCHS),
-        Field("batch_size", "batch size", 1, spec.MAX_BATCH_SIZE, spec.DEFAULT_BATCH_SIZE),
-        Field("train_samples", "training images (empty: all)", 1, spec.TRAIN_IMAGES, None),
-        Field("learning_rate", "learning rate", 0, 1, spec.DEFAULT_LEARNING_RATE, 0.0001, True),
-        Field("validation_split", "validation split", 0, 0.5, 0, 0.05),
-        Field("seed", "seed (empty: drawn)", 0, spec.MAX_SEED, None),
-    ]
+# The submit form's number fields, with the bounds the spec enforces; built once.
+FORM_FIELDS = (
+    Field("conv_layers", "conv layers", 0, spec.MAX_CONV_LAYERS, spec.DEFAULT_CONV_LAYERS),
+    Field("filters", "filters per conv layer", 1, spec.MAX_FILTERS, spec.DEFAULT_FILTERS),
+    Field("kernel_size", "kernel size", 1, IMAGE_SIZE, spec.DEFAULT_KERNEL_SIZE),
+    Field("pool_size", "pool size (0: none)", 0, IMAGE_SIZE, spec.DEFAULT_POOL_SIZE),
+    Field("epochs", "epochs", 1, spec.MAX_EPOCHS, spec.DEFAULT_EPOCHS),
+    Field("batch_size", "batch size", 1, spec.MAX_BATCH_SIZE, spec.DEFAULT_BATCH_SIZE),
+    Field("train_samples", "training images (empty: all)", 1, spec.TRAIN_IMAGES, None),
+    Field("learning_rate", "learning rate", 0, 1, spec.DEFAULT_LEARNING_RATE, 0.0001, True),
+    Field("validation_split", "validation split", 0, 0.5, 0, 0.05),
+    Field("seed", "seed (empty: drawn)", 0, spec.MAX_SEED, None),
+)
 
 
 @router.get("/ui/experiments/{experiment_id}")

@@ -120,27 +120,20 @@ def experiment_list(
     return ListPage(rows, total, page, pages, sort, order, status, study_id)
 
 
+def _training_and_validation(epochs: list[EpochRead], metric: str) -> list[Series]:
+    """`metric` per epoch on the training data, and (`val_<metric>`) where it was measured."""
+    validation = [(e.epoch, getattr(e, f"val_{metric}")) for e in epochs]
+    return [
+        Series("training", [(e.epoch, getattr(e, metric)) for e in epochs]),
+        Series("validation", [(x, y) for x, y in validation if y is not None], dashed=True),
+    ]
+
+
 def learning_curves(epochs: list[EpochRead]) -> tuple[Markup, Markup]:
     """Accuracy and loss per epoch, training and validation."""
-    accuracy = [
-        Series("training", [(e.epoch, e.accuracy) for e in epochs]),
-        Series(
-            "validation",
-            [(e.epoch, e.val_accuracy) for e in epochs if e.val_accuracy is not None],
-            dashed=True,
-        ),
-    ]
-    loss = [
-        Series("training", [(e.epoch, e.loss) for e in epochs]),
-        Series(
-            "validation",
-            [(e.epoch, e.val_loss) for e in epochs if e.val_loss is not None],
-            dashed=True,
-        ),
-    ]
     return (
-        line_chart("Accuracy", "epoch", "accuracy", accuracy),
-        line_chart("Loss", "epoch", "loss", loss),
+        line_chart("Accuracy", "epoch", "accuracy", _training_and_validation(epochs, "accuracy")),
+        line_chart("Loss", "epoch", "loss", _training_and_validation(epochs, "loss")),
     )
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from common import train_through_service
 from predict_load import SPEC
 
-from service.api.heap import freeze_heap
+from service.api.heap import freeze_heap, refreeze_heap
 from service.serving.batching import batch_sizes
 from service.serving.model_cache import ModelCache
 
@@ -40,7 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
         _, model, _ = train_through_service(SPEC, Path(directory))
-    cache = ModelCache(1, 10**9, warm_up_sizes=batch_sizes(64), on_load=freeze_heap)
+    cache = ModelCache(1, 10**9, warm_up_sizes=batch_sizes(64), on_load=refreeze_heap)
     cache.get(1, "sha", lambda: model)  # Freezes on load, as the API does.
     gc.unfreeze()
     unfrozen = full_collection_us(args.repeats)

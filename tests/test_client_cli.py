@@ -273,7 +273,15 @@ def start_convlab(url: str, *args: str) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=as_at_a_terminal,
     )
+
+
+def as_at_a_terminal() -> None:
+    """Ctrl-C as a person's shell leaves it. A suite started in the background (`make test &`,
+    some CI runners) runs with SIGINT ignored, which every child inherits, and Python turns
+    SIGINT into KeyboardInterrupt only where it was not ignored at start-up."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 class CuttableProxy:

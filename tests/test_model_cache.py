@@ -7,7 +7,7 @@ import weakref
 
 import numpy as np
 
-from service.api.heap import freeze_heap
+from service.api.heap import refreeze_heap
 from service.ml.model import build_model, save_model_bytes
 from service.serving.model_cache import ModelCache
 from service.spec import ExperimentCreate
@@ -78,7 +78,7 @@ def test_loading_one_model_does_not_stall_requests_for_another():
 
 def test_loaded_models_stay_out_of_collections_and_evicted_ones_are_freed():
     data = keras_file(1)
-    cache = ModelCache(capacity=1, max_bytes=10**9, on_load=freeze_heap)
+    cache = ModelCache(capacity=1, max_bytes=10**9, on_load=refreeze_heap)
     first = weakref.ref(cache.get(1, "a", lambda: data).model)
     # Frozen: the collector's full passes no longer walk the loaded model and its backend.
     assert first() is not None and gc.get_freeze_count() > 0

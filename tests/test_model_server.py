@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import update
 
 from service.api.database import Database
-from service.api.heap import freeze_heap
+from service.api.heap import refreeze_heap
 from service.db import create_db_engine, create_session_factory
 from service.ml.model import build_model, save_model_bytes
 from service.models import Experiment, ExperimentStatus, TrainedModel, utcnow
@@ -73,7 +73,7 @@ def serve(database_url: str, scenario, **settings) -> object:
         server = ModelServer(
             database,
             Settings(database_url=database_url, _env_file=None, **settings),
-            after_load=freeze_heap,
+            after_load=refreeze_heap,
         )
         try:
             return await scenario(server)

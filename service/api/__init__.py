@@ -28,7 +28,7 @@ from service.api.database import POOL_SIZE, WRITE_SLOTS, Database
 from service.api.event_stream import StreamSlots
 from service.api.event_wakeup import EventWakeup
 from service.api.handlers import install_exception_handlers
-from service.api.heap import freeze_heap
+from service.api.heap import freeze_heap, refreeze_heap
 from service.api.limits import BodyLimit
 from service.api.security import CrossSiteRefusal, HostCheck, KeyRing
 from service.api.shutdown import ShutdownWatch
@@ -72,7 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Counted once before serving, so a readiness probe never sees the start-up gap.
         await _count_workers(app, settings.lease_seconds)
         app.state.database_metrics = metrics.DatabaseMetricsCache()
-        app.state.model_server = ModelServer(app.state.database, settings, after_load=freeze_heap)
+        app.state.model_server = ModelServer(app.state.database, settings, after_load=refreeze_heap)
         stopping = asyncio.Event()
         watcher = asyncio.create_task(_watch_workers(app, settings.lease_seconds, stopping))
         listener = _start_event_streams(app, settings, engine.dialect.name)

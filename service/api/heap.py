@@ -8,8 +8,15 @@ def freeze_heap() -> None:
 
     A full collection walks every tracked object, and a process with Keras loaded holds about
     400,000: each took 150–200 ms with the GIL held and freed nothing (bench/gc_pause.py).
-    Frozen objects are skipped. Unfreezing first lets a model evicted since be collected.
+    Frozen objects are skipped, here too: at start-up nothing is frozen yet, and a process
+    that starts app after app (the tests start hundreds) does not walk again what an earlier
+    one froze.
     """
-    gc.unfreeze()
     gc.collect()
     gc.freeze()
+
+
+def refreeze_heap() -> None:
+    """After a model load: unfreeze first, so that a model evicted since is collected."""
+    gc.unfreeze()
+    freeze_heap()

@@ -8,6 +8,7 @@ point, and the child loads Keras only once its thread and priority limits are se
 
 import os
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -15,7 +16,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from service.ml.messages import Done, Exit, Failed, Interrupted, Ready, Started, Train, Verdict
 from service.threads import limit_backend_threads
@@ -70,6 +71,19 @@ class Verdicts:
         except EOFError:  # The worker is gone: nobody will judge, or want, the next epoch.
             return True
         return not isinstance(verdict, Verdict) or verdict.stop
+
+
+def main(*args: Any) -> NoReturn:
+    """The child's entry point: `serve`, then leave without finalizing the interpreter.
+
+    Tearing down a process with Keras and its backend loaded takes about a second of CPU
+    and frees nothing the kernel would not: the worker waited for it at every stop and every
+    replacement of its child. Everything the worker needs was sent before `serve` returned.
+    """
+    serve(*args)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def serve(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import psutil
 
-from service.ml.child import serve
+from service.ml.child import main
 from service.ml.messages import Exit, Ready, Train, TrainerMessage, Verdict
 from service.results import ResumePoint
 from service.spec import ExperimentSpec
@@ -35,7 +35,7 @@ class TrainerProcess:
         self.step = context.Value("i", 0, lock=False)
         self._connection, child_connection = context.Pipe()
         self.process = context.Process(
-            target=serve,
+            target=main,
             args=(
                 child_connection,
                 self.stop_now,

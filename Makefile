@@ -36,11 +36,13 @@ postgres:
 	  for i in $$(seq 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done; \
 	fi
 
-# Two pytest processes share the tests; those that measure time or memory run alone after.
+# Two pytest processes share the tests (each takes a contiguous half, and steals from the
+# other's end when its own is done, so a module's tests mostly share one module fixture);
+# those whose timings the others' load would move run alone after.
 test: setup postgres
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -n 2 -m "not serial and not browser"
+	$(BIN)/python -m pytest -n 2 --dist worksteal -m "not serial and not browser"
 	$(BIN)/python -m pytest -m serial
 
 # The accessibility checker the browser tests run in each page, from npm (pinned).

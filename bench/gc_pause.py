@@ -20,7 +20,7 @@ from pathlib import Path
 from common import train_through_service
 from predict_load import SPEC
 
-from service.api.heap import freeze_heap, refreeze_heap
+from service.heap import freeze_heap, refreeze_heap
 from service.serving.batching import batch_sizes
 from service.serving.model_cache import ModelCache
 

@@ -5,15 +5,14 @@ import pytest
 from bench.burst import run_burst, stored_ids
 from tests.conftest import api_process
 
-# Timings or memory measured here: run alone (make test runs these after the rest).
-pytestmark = pytest.mark.serial
-
 WRITERS = 60
 GETS = 200
 HEALTH_LIMIT_SECONDS = 0.1
 KEY = "burst-key-0123456789abcdef"
 
 
+# Its /health latency is measured: run alone (make test runs it after the rest).
+@pytest.mark.serial
 def test_a_burst_of_posts_gets_202s_or_clean_503s_and_every_202_is_one_row(database_url, tmp_path):
     with api_process(database_url, tmp_path / "api.log") as base:
         burst = run_burst(base, writers=WRITERS, gets=GETS)

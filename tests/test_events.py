@@ -4,7 +4,7 @@ import json
 import signal
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,11 +191,25 @@ def test_an_event_committed_before_an_older_transaction_waits_for_it(session_fac
         with transaction(session_factory) as session:
             second = queue.enqueue(session, name="b", spec=_spec(), owner=None, max_queued=10).id
         # Not b's, committed, while the older transaction is open.
-        assert logged(Cursor()) == [(first, "queued")]
+        assert _once_read(lambda: logged(Cursor()), 1) == [(first, "queued")]
         with session_factory() as session:
             cursor = events_after(session, [first, second], Cursor())[-1].cursor
         older.commit()
-    assert logged(cursor) == [(first, "running"), (second, "queued")]
+    assert _once_read(lambda: logged(cursor), 2) == [(first, "running"), (second, "queued")]
+
+
+def _once_read(read: Callable[[], list], count: int) -> list:
+    """`read()` once it holds `count` events. An event is read once every transaction older
+    than it has ended on the whole PostgreSQL server, and the tests beside this one hold some
+    in their own databases for a moment."""
+    found: list = []
+
+    def enough() -> bool:
+        found[:] = read()
+        return len(found) >= count
+
+    _wait_for(enough)
+    return found
 
 
 def _spec():
@@ -363,6 +377,12 @@ def test_every_status_change_and_epoch_is_logged_by_the_database(session_factory
         )
         session.execute(update(Experiment).where(Experiment.id == ids[2]).values(name="renamed"))
     with session_factory() as session:
-        logged = [(e.experiment_id, e.data["status"]) for e in events_after(session, ids, Cursor())]
         assert session.scalar(text("SELECT count(*) FROM events")) == 5
-    assert logged == [(i, "queued") for i in ids] + [(i, "cancelled") for i in ids[:2]]
+
+    def logged() -> list[tuple[int, str]]:
+        with session_factory() as session:
+            found = events_after(session, ids, Cursor())
+        return [(event.experiment_id, event.data["status"]) for event in found]
+
+    expected = [(i, "queued") for i in ids] + [(i, "cancelled") for i in ids[:2]]
+    assert _once_read(logged, 5) == expected

@@ -7,7 +7,7 @@ import weakref
 
 import numpy as np
 
-from service.api.heap import refreeze_heap
+from service.heap import refreeze_heap
 from service.ml.model import build_model, save_model_bytes
 from service.serving.model_cache import ModelCache
 from service.spec import ExperimentCreate

@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import update
 
 from service.api.database import Database
-from service.api.heap import refreeze_heap
 from service.db import create_db_engine, create_session_factory
+from service.heap import refreeze_heap
 from service.ml.model import build_model, save_model_bytes
 from service.models import Experiment, ExperimentStatus, TrainedModel, utcnow
 from service.serving.model_server import ModelServer

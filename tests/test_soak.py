@@ -8,13 +8,12 @@ import threading
 import time
 
 import httpx2 as httpx
-import pytest
 
 from tests.conftest import ROOT, SQLITE_ONLY, free_port, wait_for_api
 
-# Timings or memory measured here: run alone (make test runs these after the rest).
-pytestmark = pytest.mark.serial
-
+# Not serial: its one rate (a loop a second across three clients that pause 0.05 s between
+# loops) is a floor, not a measure, and the load of the tests beside it makes the lock
+# contention it looks for likelier.
 SOAK_SECONDS = float(os.environ.get("CONVLAB_SOAK_SECONDS", "20"))
 TINY = {"conv_layers": 1, "filters": 4, "epochs": 2, "train_samples": 64, "batch_size": 32}
 

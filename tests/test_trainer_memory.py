@@ -35,7 +35,8 @@ def run_to_the_end(trainer: TrainerProcess, spec: ExperimentCreate) -> TrainerMe
             return message
 
 
-@pytest.mark.serial
+# Not serial: the child's own resident memory is what is measured, and no other test's load
+# moves it.
 def test_memory_of_the_training_process_stays_flat_over_30_experiments(trainer):
     resident = []
     for index in range(EXPERIMENTS):

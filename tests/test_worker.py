@@ -290,7 +290,7 @@ def _row_is_free(database_url: str, row: int) -> bool:
 
 @pytest.mark.serial
 def test_cancel_running_stops_within_seconds_and_keeps_finished_epochs(client):
-    created = submit(client, epochs=30, train_samples=6000, batch_size=16)
+    created = submit(client, epochs=30, train_samples=2000, batch_size=16)
     worker = start_worker(client.app.state.settings)
     wait_for(epochs_done(client, created, 1))
     asked = time.monotonic()

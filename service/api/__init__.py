@@ -28,11 +28,11 @@ from service.api.database import POOL_SIZE, WRITE_SLOTS, Database
 from service.api.event_stream import StreamSlots
 from service.api.event_wakeup import EventWakeup
 from service.api.handlers import install_exception_handlers
-from service.api.heap import freeze_heap, refreeze_heap
 from service.api.limits import BodyLimit
 from service.api.security import CrossSiteRefusal, HostCheck, KeyRing
 from service.api.shutdown import ShutdownWatch
 from service.db import create_db_engine, create_session_factory
+from service.heap import freeze_heap, refreeze_heap
 from service.models import Worker
 from service.registry import alive_condition
 from service.schemas import HealthRead

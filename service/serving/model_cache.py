@@ -39,7 +39,7 @@ class ModelCache:
         # every shape; TensorFlow generalizes after two).
         self.warm_up_sizes = warm_up_sizes
         # Called after each load, evictions done, on the loading thread: the API process
-        # freezes its heap there (service/api/heap.py).
+        # freezes its heap there (service/heap.py).
         self.on_load = on_load
         self._models: OrderedDict[int, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()

@@ -77,9 +77,10 @@ class Verdicts:
 def main(*args: Any) -> NoReturn:
     """The child's entry point: `serve`, then leave without finalizing the interpreter.
 
-    Tearing down a process with Keras and its backend loaded takes about a second of CPU
-    and frees nothing the kernel would not: the worker waited for it at every stop and every
-    replacement of its child. Everything the worker needs was sent before `serve` returned.
+    Tearing down a process with Keras and its backend loaded took 0.7 s of CPU
+    (bench/trainer_child.py) and frees nothing the kernel would not: the worker waited for it
+    at every stop and every replacement of its child. Everything the worker needs was sent
+    before `serve` returned.
     """
     serve(*args)
     sys.stdout.flush()
@@ -111,7 +112,8 @@ def serve(
 
     gpus = available_gpus()
     # The backend, imported now, lives as long as the process: frozen, its objects are left
-    # out of the collections in each run's tracing and the full one after it (0.17 s a run).
+    # out of the collections in each run's tracing and the full one after it, which made a
+    # small run 14% faster (bench/trainer_child.py).
     freeze_heap()
     flags = StopFlags(stop_now, stop_after_epoch, parent_pid)
     flags.start()

@@ -67,6 +67,17 @@ def wait_for_api(base: str, process: subprocess.Popen, timeout: float = 60) -> N
             time.sleep(0.2)
 
 
+def wait_for(predicate, timeout: float = 90, interval: float = 0.1):
+    """`predicate()`'s first truthy value, asked every `interval` s; fails after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
 def start_api(database_url: str, log: IO[str], **settings: str) -> tuple[subprocess.Popen, str]:
     """`python -m service api` on its own port, answering; the caller stops it."""
     port = free_port()

@@ -29,6 +29,7 @@ from tests.conftest import (
     TINY_SPEC,
     start_api,
     submit,
+    wait_for,
 )
 
 
@@ -202,14 +203,12 @@ def _once_read(read: Callable[[], list], count: int) -> list:
     """`read()` once it holds `count` events. An event is read once every transaction older
     than it has ended on the whole PostgreSQL server, and the tests beside this one hold some
     in their own databases for a moment."""
-    found: list = []
 
-    def enough() -> bool:
-        found[:] = read()
-        return len(found) >= count
+    def enough() -> list | None:
+        found = read()
+        return found if len(found) >= count else None
 
-    _wait_for(enough)
-    return found
+    return _wait_for(enough)
 
 
 def _spec():
@@ -355,11 +354,8 @@ def test_two_api_processes_share_events_and_shutdown_ends_streams(database_url, 
         assert "Traceback" not in log.read()
 
 
-def _wait_for(condition, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+def _wait_for(condition: Callable[[], Any]) -> Any:
+    return wait_for(condition, timeout=10, interval=0.02)
 
 
 def test_every_status_change_and_epoch_is_logged_by_the_database(session_factory):

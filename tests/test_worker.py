@@ -21,7 +21,7 @@ from service import registry
 from service.models import EpochMetric, TrainedModel
 from service.queue import Claim
 from service.worker import TrainingWorker
-from tests.conftest import POSTGRESQL_ONLY, ROOT, SQLITE_ONLY, submit
+from tests.conftest import POSTGRESQL_ONLY, ROOT, SQLITE_ONLY, submit, wait_for
 
 # What these test is the worker's handling of its processes and signals. What it writes (a
 # release, a failure, a spent attempt) is tested on both databases in tests/test_leases.py,
@@ -41,16 +41,6 @@ def start_worker(settings, *extra: str, **env: str) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         text=True,
     )
-
-
-def wait_for(predicate, timeout: float = 90, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")
 
 
 def get(client, experiment: dict) -> dict:

@@ -87,6 +87,7 @@ bench: setup
 	$(BIN)/python bench/upload_parsing.py
 	$(BIN)/python bench/gc_pause.py
 	$(BIN)/python bench/trainer_child.py
+	$(BIN)/python bench/api_startup.py
 	$(BIN)/python bench/api_latency.py
 	$(BIN)/python bench/burst.py
 

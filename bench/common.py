@@ -1,6 +1,7 @@
 """What the benchmarks share: ports, waiting for a server, one run through the service."""
 
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -13,6 +14,19 @@ import httpx2 as httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+
+def python_env() -> dict[str, str]:
+    """The environment a benchmark's own Python processes run in: this checkout, quiet Keras."""
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
+
+
+def child_cpu_seconds(code: str) -> float:
+    """CPU (user + system) of `python -c code`, start to finish."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=python_env(), check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def free_port() -> int:

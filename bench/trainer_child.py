@@ -13,12 +13,11 @@ what the child does about Python's heap, in this one run.
 import argparse
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 
-from common import ROOT
+from common import ROOT, child_cpu_seconds, python_env
 
 LEAVE = {
     "interpreter finalization": "import keras",
@@ -58,28 +57,16 @@ print((time.perf_counter() - started) / runs)
 """
 
 
-def child_cpu_seconds(code: str) -> float:
-    """CPU (user + system) of `python -c code`, start to finish."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), check=True)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-
-
 def seconds_per_run(runs: int, heap: str) -> float:
     result = subprocess.run(
         [sys.executable, "-c", RUNS, str(runs), heap],
         cwd=ROOT,
-        env=_env(),
+        env=python_env(),
         check=True,
         capture_output=True,
         text=True,
     )
     return float(result.stdout.split()[-1])
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
 
 
 def main() -> None:

@@ -1,23 +1,37 @@
-"""Learning curves, confusion matrices and misclassified test images as PNG images."""
+"""Learning curves, confusion matrices and misclassified test images as PNG images.
+
+Matplotlib loads with the first figure, not with this module: it is a fifth of the API's
+start-up (bench/api_startup.py), and most API processes never draw.
+"""
+
+from __future__ import annotations
 
 import io
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
-# The object-oriented Figure needs no pyplot state, so request threads can draw at once.
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
 from service.datasets import CLASS_NAMES
 from service.models import EpochMetric
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+
+def new_figure(**options: Any) -> Figure:
+    """A matplotlib Figure, laid out "constrained"."""
+    # The object-oriented Figure needs no pyplot state, so request threads can draw at once.
+    from matplotlib.figure import Figure
+
+    return Figure(layout="constrained", **options)
+
 
 def learning_curve_png(title: str, epochs: Sequence[EpochMetric]) -> bytes:
     """Loss and accuracy per epoch, training and (when present) validation, side by side."""
-    figure = Figure(figsize=(10, 4), layout="constrained")
+    figure = new_figure(figsize=(10, 4))
     loss_axes, accuracy_axes = figure.subplots(1, 2)
     numbers = [e.epoch for e in epochs]
     for axes, metric in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
@@ -33,6 +47,8 @@ def learning_curve_png(title: str, epochs: Sequence[EpochMetric]) -> bytes:
 
 def epoch_axes(axes: Axes, ylabel: str) -> None:
     """Epochs on x, whole numbers only (matplotlib would mark 1.5 on a two-epoch run)."""
+    from matplotlib.ticker import MaxNLocator
+
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("epoch")
     axes.set_ylabel(ylabel)
@@ -42,7 +58,7 @@ def epoch_axes(axes: Axes, ylabel: str) -> None:
 def confusion_matrix_png(title: str, matrix: Sequence[Sequence[int]]) -> bytes:
     """Test images by true class (rows) and predicted class (columns) as a heat map, each
     cell with its count: the diagonal is what the model got right."""
-    figure = Figure(figsize=(8, 7), layout="constrained")
+    figure = new_figure(figsize=(8, 7))
     axes = figure.subplots()
     image = axes.imshow(matrix, cmap="Blues")
     figure.colorbar(image, ax=axes, label="test images")
@@ -68,7 +84,7 @@ def misclassified_png(
     columns = max(1, math.ceil(math.sqrt(len(misclassified))))
     rows = max(1, math.ceil(len(misclassified) / columns))
     # Never narrower than the title, for a run with few or no mistakes.
-    figure = Figure(figsize=(max(1.6 * columns, 4.8), 1.7 * rows + 0.4), layout="constrained")
+    figure = new_figure(figsize=(max(1.6 * columns, 4.8), 1.7 * rows + 0.4))
     grid = figure.subplots(rows, columns, squeeze=False).ravel()
     for axes in grid:
         axes.set_axis_off()

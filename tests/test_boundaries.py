@@ -1,5 +1,5 @@
 """Module boundaries: which side imports Keras (the training child does, the worker process
-never), no import cycle, no module too long to read."""
+never), what the API leaves for first use, no import cycle, no module too long to read."""
 
 import ast
 import graphlib
@@ -9,15 +9,13 @@ from pathlib import Path
 
 from tests.conftest import ROOT
 
-NO_BACKEND = (
-    "assert 'keras' not in sys.modules and 'tensorflow' not in sys.modules, sorted(sys.modules)"
-)
 
-
-def imports_no_backend(module: str) -> subprocess.CompletedProcess:
-    # In a fresh interpreter: this one has imported Keras for other tests.
+def imports_none_of(modules: str, absent: set[str]) -> subprocess.CompletedProcess:
+    """Import `modules` in a fresh interpreter (this one has imported everything for other
+    tests) and fail there if any top-level package in `absent` came with them."""
+    check = f"loaded = set({sorted(absent)!r}) & {{m.split('.')[0] for m in sys.modules}}"
     return subprocess.run(
-        [sys.executable, "-c", f"import {module}, sys; {NO_BACKEND}"],
+        [sys.executable, "-c", f"import {modules}, sys; {check}; assert not loaded, loaded"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -26,12 +24,18 @@ def imports_no_backend(module: str) -> subprocess.CompletedProcess:
 
 
 def test_the_worker_never_imports_keras():
-    result = imports_no_backend("service.worker")
+    result = imports_none_of("service.worker", {"keras", "tensorflow"})
     assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_the_messages_and_the_child_entry_point_import_no_keras():
-    result = imports_no_backend("service.ml.messages, service.ml.child")
+    result = imports_none_of("service.ml.messages, service.ml.child", {"keras", "tensorflow"})
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_the_api_loads_plotting_and_statistics_when_first_used():
+    # Together half of an API process's import time (bench/api_startup.py).
+    result = imports_none_of("service.api", {"keras", "matplotlib", "scipy"})
     assert result.returncode == 0, result.stderr[-2000:]
 
 

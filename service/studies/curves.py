@@ -3,9 +3,7 @@
 import statistics
 from collections import defaultdict
 
-from matplotlib.figure import Figure
-
-from service.plots import epoch_axes, png_bytes
+from service.plots import epoch_axes, new_figure, png_bytes
 from service.studies.runs import StudyRun
 
 METRICS = ("loss", "accuracy")
@@ -38,7 +36,7 @@ def mean_curves(
 def learning_curves_png(title: str, runs: list[StudyRun]) -> bytes:
     """Mean training loss and accuracy per epoch for each variant, a ±1 std band where
     repeats give one; every variant shares the axes, so the curves compare at a glance."""
-    figure = Figure(figsize=(12, 5), layout="constrained")
+    figure = new_figure(figsize=(12, 5))
     for axes, metric in zip(figure.subplots(1, 2), METRICS, strict=True):
         for label, points in mean_curves(runs, metric).items():
             epochs = [epoch for epoch, _, _ in points]

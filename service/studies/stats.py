@@ -5,8 +5,6 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from scipy.stats import t as student_t
-
 from service.results import EpochResult
 from service.studies.runs import StudyRun
 
@@ -44,6 +42,10 @@ def _half_width(std_error: float, df: float) -> float:
     # A zero standard error has no degrees of freedom to speak of, and needs no quantile.
     if std_error == 0:
         return 0.0
+    # Imported here: scipy.stats is two fifths of the API's start-up (bench/api_startup.py),
+    # and only a study's comparison needs a quantile.
+    from scipy.stats import t as student_t
+
     quantile = float(student_t.ppf(0.5 + CONFIDENCE / 2, df))
     return quantile * std_error
 

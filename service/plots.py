@@ -1,7 +1,8 @@
 """Learning curves, confusion matrices and misclassified test images as PNG images.
 
-Matplotlib loads with the first figure, not with this module: it is a fifth of the API's
-start-up (bench/api_startup.py), and most API processes never draw.
+Matplotlib loads with the first figure, not with this module: with scipy, which the studies'
+statistics load when first used, it was half of the API's import time (bench/api_startup.py),
+and most API processes never draw.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ from pathlib import Path
 
 from tests.conftest import ROOT
 
+# The Keras backend's packages: the worker and the client commands never load them.
+BACKEND = {"keras", "tensorflow"}
+
 
 def imports_none_of(modules: str, absent: set[str]) -> subprocess.CompletedProcess:
     """Import `modules` in a fresh interpreter (this one has imported everything for other
@@ -24,18 +27,18 @@ def imports_none_of(modules: str, absent: set[str]) -> subprocess.CompletedProce
 
 
 def test_the_worker_never_imports_keras():
-    result = imports_none_of("service.worker", {"keras", "tensorflow"})
+    result = imports_none_of("service.worker", BACKEND)
     assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_the_messages_and_the_child_entry_point_import_no_keras():
-    result = imports_none_of("service.ml.messages, service.ml.child", {"keras", "tensorflow"})
+    result = imports_none_of("service.ml.messages, service.ml.child", BACKEND)
     assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_the_api_loads_plotting_and_statistics_when_first_used():
     # Together half of an API process's import time (bench/api_startup.py).
-    result = imports_none_of("service.api", {"keras", "matplotlib", "scipy"})
+    result = imports_none_of("service.api", BACKEND | {"matplotlib", "scipy"})
     assert result.returncode == 0, result.stderr[-2000:]
 
 

@@ -29,7 +29,7 @@ from PIL import Image
 from service.datasets import CLASS_NAMES
 from service.settings import Settings
 from tests.conftest import ROOT, TINY_SPEC, api_process, free_port
-from tests.test_boundaries import imports_none_of
+from tests.test_boundaries import BACKEND, imports_none_of
 from tests.test_worker import start_worker
 
 # Tens of steps an epoch, about half a second each here: long enough to see a bar move and
@@ -188,7 +188,7 @@ def test_a_bad_spec_is_the_servers_message_in_one_line(service, tmp_path):
 
 
 def test_the_client_commands_import_no_keras():
-    result = imports_none_of("service.__main__, service.cli.commands", {"keras", "tensorflow"})
+    result = imports_none_of("service.__main__, service.cli.commands", BACKEND)
     assert result.returncode == 0, result.stderr[-2000:]
 
 

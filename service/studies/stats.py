@@ -42,8 +42,8 @@ def _half_width(std_error: float, df: float) -> float:
     # A zero standard error has no degrees of freedom to speak of, and needs no quantile.
     if std_error == 0:
         return 0.0
-    # Imported here: scipy.stats is two fifths of the API's start-up (bench/api_startup.py),
-    # and only a study's comparison needs a quantile.
+    # Imported here: with matplotlib, which service.plots loads when first used, it was half of
+    # the API's import time (bench/api_startup.py); only a study's comparison needs a quantile.
     from scipy.stats import t as student_t
 
     quantile = float(student_t.ppf(0.5 + CONFIDENCE / 2, df))

@@ -241,6 +241,8 @@ def test_dropping_a_test_image_shows_its_class(server, browser, dataset):
             f"{server}/predict",
             params={"experiment_id": experiment_id},
             json={"instances": [image.tolist()]},
+            # The first request loads Keras and the model in the API: seconds, not httpx's 5.
+            timeout=60,
         ).json()["predictions"][0]
         if answer["label"] == label:
             break

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from service.heap import freeze_heap
+from service.import_guard import keep_unused_libraries_out
 from service.ml.messages import Done, Exit, Failed, Interrupted, Ready, Started, Train, Verdict
 from service.threads import limit_backend_threads
 
@@ -107,6 +108,7 @@ def serve(
     # Training yields the CPU to an API on the same machine; both knobs act before Keras loads.
     os.nice(nice)
     limit_backend_threads(threads)
+    keep_unused_libraries_out()
 
     from service.ml.backend import available_gpus
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.architecture import FLOAT_BYTES, IMAGE_SIZE
+from service.import_guard import keep_unused_libraries_out
 from service.metrics import MODEL_CACHE_LOOKUPS
 
 
@@ -65,6 +66,7 @@ class ModelCache:
             MODEL_CACHE_LOOKUPS.labels("miss").inc()
             # Imported at the first load: an API process that serves no model never pays
             # the seconds a Keras backend takes to import.
+            keep_unused_libraries_out()
             from service.ml.model import load_model_bytes
 
             model = load_model_bytes(fetch())

@@ -89,9 +89,10 @@ def describe_device(kind: str) -> str:
 
 
 def clear_backend_state() -> None:
-    """Forget every model built so far, so a training process that lives across experiments
-    does not grow with each one: Keras's global state, the backend's graphs and kernel
-    caches, and (through a full collection) the reference cycles a model and its layers form.
+    """Forget every model built so far but those kept for reuse, so a training process that
+    lives across experiments does not grow with each one: Keras's global state, the backend's
+    graphs and kernel caches, and (through a full collection) the reference cycles a model and
+    its layers form.
     """
     if backend_name() == "tensorflow":
         _forget_custom_gradients()
@@ -105,8 +106,9 @@ def _forget_custom_gradients() -> None:
     through `tf.custom_gradient`, which registers a gradient function under a fresh
     `CustomGradient-<uid>` name in a process-wide registry and never removes it; each one
     holds its traced graph (about 8 MB per small experiment with TensorFlow 2.21), and
-    `clear_session` leaves them there. Between experiments no traced function is alive to
-    need them. Best effort: should TensorFlow rename its registry, nothing is dropped and the
+    `clear_session` leaves them there. Between experiments no tracing is under way to need
+    them: the steps of the models the child keeps (service/ml/compiled.py) were traced with
+    their gradients. Best effort: should TensorFlow rename its registry, nothing is dropped and the
     worker's TRAINER_MAX_RSS_BYTES still bounds the process.
     """
     from tensorflow.python.framework import ops

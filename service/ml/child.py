@@ -16,12 +16,15 @@ from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from service.heap import freeze_heap
 from service.import_guard import keep_unused_libraries_out
 from service.ml.messages import Done, Exit, Failed, Interrupted, Ready, Started, Train, Verdict
 from service.threads import limit_backend_threads
+
+if TYPE_CHECKING:
+    from service.ml.compiled import CompiledModels
 
 PARENT_CHECK_SECONDS = 1.0
 # How often the watcher thread copies the stop requests into plain flags: reading a
@@ -153,11 +156,14 @@ class _Trainer:
         self.flags = flags
         self.progress = progress
         self.fashion_mnist_dir = fashion_mnist_dir
+        # Made at the first run, once the backend is imported.
+        self.models: CompiledModels | None = None
 
     def run(self, request: Train) -> bool:
         """Train one experiment; False once the worker is gone and the child should exit."""
         from service.datasets import load_fashion_mnist
         from service.ml.backend import backend_name, clear_backend_state, describe_device
+        from service.ml.compiled import CompiledModels
         from service.ml.fit import TrainingInterrupted, train, training_count
         from service.ml.reproducibility import prepare_run
 
@@ -167,6 +173,7 @@ class _Trainer:
         try:
             # Cached per process: loaded by the first run only.
             dataset = load_fashion_mnist(self.fashion_mnist_dir)
+            self.models = self.models or CompiledModels()
             steps = spec.steps_per_epoch(training_count(spec, dataset))
             record = prepare_run(spec, dataset, request.device)
             device = describe_device(request.device)
@@ -182,6 +189,7 @@ class _Trainer:
                 # The verdict is read first: each one the worker sends is waited for.
                 stop_after_epoch=lambda epoch: verdicts.stop_after(epoch) or flags.after_epoch,
                 resume=request.resume,
+                models=self.models,
             )
             self.connection.send(Done(result))
         except TrainingInterrupted:

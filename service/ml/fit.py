@@ -19,6 +19,7 @@ from service.ml.callbacks import (
     Progress,
     StopThreshold,
 )
+from service.ml.compiled import CompiledModels
 from service.ml.messages import EpochFinished
 from service.ml.model import build_model, load_model_bytes, save_model_bytes
 from service.results import MISCLASSIFIED_KEPT, ResumePoint, TrainingResult
@@ -56,6 +57,7 @@ def train(
     stop_now: Callable[[], bool] = lambda: False,
     stop_after_epoch: Callable[[int], bool] = lambda epoch: False,
     resume: ResumePoint | None = None,
+    models: CompiledModels | None = None,
 ) -> TrainingResult:
     """Train, evaluate on the test set and return the saved `.keras` file.
 
@@ -64,7 +66,8 @@ def train(
     an earlier attempt's last finished epoch and checkpoint: training continues from there,
     with the optimizer state it had. Raises TrainingInterrupted when `stop_now` turns true
     (checked between batches) or `stop_after_epoch(epoch)` does (asked at each epoch's end,
-    after the epoch was sent).
+    after the epoch was sent). `models`, where given, lends a kept model of the spec's
+    architecture (its traced steps) to a run that starts from scratch.
     """
     initial_epoch = resume.epoch if resume else 0
     # Python's, NumPy's and the backend's generators, and Keras's own: the initial weights and
@@ -86,7 +89,10 @@ def train(
     ]
 
     with keras.device(f"{device}:0"):
-        model = load_model_bytes(resume.keras_file) if resume else build_model(spec)
+        if resume:
+            model = load_model_bytes(resume.keras_file)
+        else:
+            model = models.build(spec, device) if models else build_model(spec)
         if initial_epoch < spec.epochs:
             model.fit(
                 images,

@@ -1,11 +1,17 @@
-"""What a training child costs around its runs: leaving, and each small run, with and without
-what the child does about Python's heap, in this one run.
+"""What a training child costs around its runs: starting, leaving, and each small run, with and
+without what the child does about each, in this one run.
 
+  import    CPU seconds of a process that imports Keras (TensorFlow) and leaves by `os._exit`:
+            with every installed library Keras reaches for (the baseline), and with pandas,
+            pyplot and JAX kept out (`keep_unused_libraries_out`) as the child does; the
+            benchmark needs them installed, as the test set-up has them.
   exit      CPU seconds of a process that imports Keras (TensorFlow) and leaves: through
             interpreter finalization (the baseline), and through `os._exit` as the child does.
-  per run   seconds per small run (a new model, `service.ml.fit.train`, then the backend's
-            state cleared, as the child does after each), in a process whose heap is left as
-            Python leaves it (the baseline), and one that froze it after importing the backend.
+  per run   seconds per small run (`service.ml.fit.train` of one architecture, then the
+            backend's state cleared, as the child does after each): a new model each run in a
+            process whose heap is left as Python leaves it (the baseline), and in one that froze
+            it after importing the backend; then, frozen too, on the compiled model kept from
+            the run before (`CompiledModels`), as the child does.
 
     .venv/bin/python bench/trainer_child.py [--repeats 5] [--runs 10]
 """
@@ -19,6 +25,13 @@ import sys
 
 from common import ROOT, child_cpu_seconds, python_env
 
+START = {
+    "every library Keras finds": "import os, keras; os._exit(0)",
+    "pandas, pyplot and JAX kept out, as the child": (
+        "import os; from service.import_guard import keep_unused_libraries_out as keep;"
+        " keep(); import keras; os._exit(0)"
+    ),
+}
 LEAVE = {
     "interpreter finalization": "import keras",
     "os._exit, as the child": "import os, keras; os._exit(0)",
@@ -29,15 +42,17 @@ import gc, sys, time
 from service.datasets import load_fashion_mnist
 from service.heap import freeze_heap
 from service.ml.backend import clear_backend_state
+from service.ml.compiled import CompiledModels
 from service.ml.fit import train
 from service.spec import ExperimentCreate
 
 class Counter:
     value = 0
 
-runs, frozen = int(sys.argv[1]), sys.argv[2] == "frozen"
+runs, heap = int(sys.argv[1]), sys.argv[2]
 dataset = load_fashion_mnist()
-if frozen:
+models = CompiledModels() if heap == "frozen, compiled model kept" else None
+if heap != "as Python leaves it":
     freeze_heap()
 
 def run(index):
@@ -46,7 +61,7 @@ def run(index):
         train_samples=64 + 2 * index, batch_size=64,
     ).to_spec()
     train(spec, dataset, seed=1, device="cpu", send_epoch=lambda epoch: None,
-          progress=(Counter(), Counter()))
+          progress=(Counter(), Counter()), models=models)
     clear_backend_state()
 
 run(0)  # The first run pays for what every later one reuses.
@@ -69,34 +84,47 @@ def seconds_per_run(runs: int, heap: str) -> float:
     return float(result.stdout.split()[-1])
 
 
+HEAPS = ("as Python leaves it", "frozen", "frozen, compiled model kept")
+
+
+def print_table(heading: str, results: dict[str, list[float]], digits: int = 2) -> list[float]:
+    """A Markdown table of each row's median; the medians, in order."""
+    print(f"| {heading} |")
+    print("|---|---|")
+    medians = [statistics.median(values) for values in results.values()]
+    for name, median in zip(results, medians, strict=True):
+        print(f"| {name} | {median:.{digits}f} |")
+    return medians
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--runs", type=int, default=10)
     args = parser.parse_args()
+    starts: dict[str, list[float]] = {name: [] for name in START}
     exits: dict[str, list[float]] = {name: [] for name in LEAVE}
-    runs: dict[str, list[float]] = {"as Python leaves it": [], "frozen": []}
-    # Taking turns, so a slow moment of the machine falls on both sides.
+    runs: dict[str, list[float]] = {name: [] for name in HEAPS}
+    # Taking turns, so a slow moment of the machine falls on every side.
     for _ in range(args.repeats):
+        for name, code in START.items():
+            starts[name].append(child_cpu_seconds(code))
         for name, code in LEAVE.items():
             exits[name].append(child_cpu_seconds(code))
-        runs["as Python leaves it"].append(seconds_per_run(args.runs, "unfrozen"))
-        runs["frozen"].append(seconds_per_run(args.runs, "frozen"))
+        for name in HEAPS:
+            runs[name].append(seconds_per_run(args.runs, name))
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; medians of {args.repeats}")
-    print("| a process with Keras loaded leaves by | CPU seconds, start to end |")
-    print("|---|---|")
-    for name, values in exits.items():
-        print(f"| {name} | {statistics.median(values):.2f} |")
-    baseline, fast = (statistics.median(values) for values in exits.values())
-    print(f"| finalization's own cost | {baseline - fast:.2f} |")
-    print(f"| ratio os._exit / finalization | {fast / baseline:.2f} |")
+    every, kept_out = print_table("a process importing Keras, with | CPU seconds", starts)
+    print(f"| ratio kept out / every library | {kept_out / every:.2f} |")
     print()
-    print(f"| heap | seconds per small run ({args.runs} runs) |")
-    print("|---|---|")
-    for name, values in runs.items():
-        print(f"| {name} | {statistics.median(values):.3f} |")
-    unfrozen, frozen = (statistics.median(values) for values in runs.values())
+    finalized, exited = print_table("a process with Keras loaded leaves by | CPU seconds", exits)
+    print(f"| finalization's own cost | {finalized - exited:.2f} |")
+    print(f"| ratio os._exit / finalization | {exited / finalized:.2f} |")
+    print()
+    heading = f"heap, model | seconds per small run ({args.runs} runs)"
+    unfrozen, frozen, kept = print_table(heading, runs, digits=3)
     print(f"| ratio frozen / as Python leaves it | {frozen / unfrozen:.2f} |")
+    print(f"| ratio compiled model kept / frozen | {kept / frozen:.2f} |")
 
 
 if __name__ == "__main__":

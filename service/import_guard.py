@@ -5,7 +5,7 @@ Keras's array slicing imports pandas to accept DataFrames, its image galleries i
 matplotlib's pyplot, and TensorFlow's `tf.lite` imports JAX to convert JAX functions. The
 service feeds arrays, draws on pyplot-free Figures (service/plots.py) and converts nothing.
 Where the three are installed (an ML workstation's environment, or this project's test
-set-up), they took a third of the CPU of `import keras` (bench/trainer_child.py). A name set
+set-up), they took a quarter of the CPU of `import keras` (bench/trainer_child.py). A name set
 to None in `sys.modules` makes its import raise ImportError, which these libraries catch.
 """
 

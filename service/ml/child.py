@@ -81,7 +81,7 @@ class Verdicts:
 def main(*args: Any) -> NoReturn:
     """The child's entry point: `serve`, then leave without finalizing the interpreter.
 
-    Tearing down a process with Keras and its backend loaded took 0.7 s of CPU
+    Tearing down a process with Keras and its backend loaded took 0.6 s of CPU
     (bench/trainer_child.py) and frees nothing the kernel would not: the worker waited for it
     at every stop and every replacement of its child. Everything the worker needs was sent
     before `serve` returned.
@@ -118,7 +118,7 @@ def serve(
     gpus = available_gpus()
     # The backend, imported now, lives as long as the process: frozen, its objects are left
     # out of the collections in each run's tracing and the full one after it, which made a
-    # small run 14% faster (bench/trainer_child.py).
+    # small run 9% faster (bench/trainer_child.py).
     freeze_heap()
     flags = StopFlags(stop_now, stop_after_epoch, parent_pid)
     flags.start()

@@ -24,7 +24,9 @@ def test_jax_trains_evaluates_saves_loads_and_predicts(settings, tmp_path, datas
         api_process(settings.database_url, tmp_path / "api.log", **jax) as base,
         httpx.Client(base_url=base, timeout=60) as http,
     ):
-        created = http.post("/experiments", json={**TINY_SPEC, "train_samples": 2000}).json()
+        spec = {**TINY_SPEC, "train_samples": 2000}
+        # Twice, with one seed: the child trains the second as it trained the first.
+        created, again = (http.post("/experiments", json=spec).json() for _ in range(2))
         worker = subprocess.run(
             [sys.executable, "-m", "service", "worker", "--device", "cpu", "--drain"],
             cwd=ROOT,
@@ -42,6 +44,9 @@ def test_jax_trains_evaluates_saves_loads_and_predicts(settings, tmp_path, datas
         assert (record["backend"], record["seed"], record["deterministic"]) == ("jax", 1, True)
         assert record["backend_version"][0].isdigit()
         assert len(body["epochs"]) == 2 and body["test"]["accuracy"] > 0.5
+        repeated = http.get(f"/experiments/{again['id']}").json()
+        losses = [[epoch["loss"] for epoch in run["epochs"]] for run in (body, repeated)]
+        assert losses[0] == losses[1]
 
         images = dataset.test_images[:20]
         labels = dataset.test_labels[:20]

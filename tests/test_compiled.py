@@ -24,7 +24,7 @@ def spec(**overrides):
 
 
 def trained(dataset, created: ExperimentCreate, models: CompiledModels | None):
-    """Each epoch's metrics, the test result and the final weights of one run."""
+    """Each epoch's metrics and the test result of one run."""
     epochs = []
     result = train(
         created.to_spec(),
@@ -56,16 +56,17 @@ def test_a_run_on_a_kept_model_trains_exactly_as_on_a_new_one(dataset):
 def test_a_kept_model_starts_from_the_new_models_weights(dataset):
     models = CompiledModels()
     trained(dataset, spec(seed=1), models)
+    keras.utils.set_random_seed(2)
+    kept = models.build(spec().to_spec(), "cpu")
     # The weights a new model of this seed starts from, as build_model draws them.
     keras.utils.set_random_seed(2)
     wanted = [np.asarray(v) for v in build_model(spec().to_spec()).weights]
-    keras.utils.set_random_seed(2)
-    kept = models.build(spec().to_spec(), "cpu")
     assert all(np.array_equal(np.asarray(v), w) for v, w in zip(kept.weights, wanted, strict=True))
     assert int(kept.optimizer.iterations.numpy()) == 0
+    assert models.build(spec().to_spec(), "cpu") is kept
 
 
-def test_only_the_same_layers_on_the_same_device_share_a_model(dataset):
+def test_only_the_same_layers_on_the_same_device_share_a_model():
     models = CompiledModels(capacity=2)
     first = models.build(spec().to_spec(), "cpu")
     # How it trains is not part of the architecture.

@@ -1,6 +1,6 @@
 """The processes that load Keras leave out the libraries it imports for unused features:
-the training child and an API process that serves a model, where pandas and JAX are
-installed (they are in the test set-up)."""
+the training child and an API process that serves a model, where pandas, matplotlib and JAX
+are installed (they are in the test set-up)."""
 
 import importlib.util
 import json
@@ -16,7 +16,7 @@ from service.ml.model import build_model, save_model_bytes
 from service.spec import ExperimentCreate
 from tests.conftest import ROOT, SQLITE_ONLY
 
-UNUSED = ("pandas", "jax")
+UNUSED = ("pandas", "matplotlib.pyplot", "jax")
 
 
 def imported(code: str, **environment: str) -> set[str]:
@@ -35,12 +35,12 @@ def imported(code: str, **environment: str) -> set[str]:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def both_installed() -> None:
+def all_installed() -> None:
     # Without them the tests below would pass whatever the guard did.
     assert all(importlib.util.find_spec(name) for name in UNUSED)
 
 
-def test_keras_alone_imports_both_here():
+def test_keras_alone_imports_all_three_here():
     assert imported("import keras") == set(UNUSED)
 
 
@@ -49,7 +49,7 @@ def test_the_guard_lets_jax_in_where_it_is_the_backend():
     assert imported(code, KERAS_BACKEND="jax") == {"jax"}
 
 
-def test_an_api_process_loading_a_model_keeps_both_out(tmp_path: Path):
+def test_an_api_process_loading_a_model_keeps_all_three_out(tmp_path: Path):
     path = tmp_path / "model.keras"
     path.write_bytes(save_model_bytes(build_model(ExperimentCreate(filters=4).to_spec())))
     code = (

@@ -108,8 +108,8 @@ def _forget_custom_gradients() -> None:
     holds its traced graph (about 8 MB per small experiment with TensorFlow 2.21), and
     `clear_session` leaves them there. Between experiments no tracing is under way to need
     them: the steps of the models the child keeps (service/ml/compiled.py) were traced with
-    their gradients. Best effort: should TensorFlow rename its registry, nothing is dropped and the
-    worker's TRAINER_MAX_RSS_BYTES still bounds the process.
+    their gradients. Best effort: should TensorFlow rename its registry, nothing is dropped
+    and the worker's TRAINER_MAX_RSS_BYTES still bounds the process.
     """
     from tensorflow.python.framework import ops
 

@@ -173,7 +173,8 @@ class _Trainer:
         try:
             # Cached per process: loaded by the first run only.
             dataset = load_fashion_mnist(self.fashion_mnist_dir)
-            self.models = self.models or CompiledModels()
+            if self.models is None:
+                self.models = CompiledModels()
             steps = spec.steps_per_epoch(training_count(spec, dataset))
             record = prepare_run(spec, dataset, request.device)
             device = describe_device(request.device)

@@ -80,15 +80,31 @@ def live_client(settings):
         yield client
 
 
+def stream_then_start(client, path: str, start: threading.Thread) -> list[Sse]:
+    """A whole stream, with `start` started once its first event has come: what the stream
+    shows live, not what it replays, from then on."""
+    events: list[Sse] = []
+    with client.stream("GET", path) as response:
+        assert response.status_code == 200, response.read()
+        for item in sse_items(response.iter_lines(), time.monotonic()):
+            if isinstance(item, Sse):
+                events.append(item)
+                if len(events) == 1:
+                    start.start()
+    return events
+
+
 def test_a_run_streams_status_progress_each_epoch_and_done_and_resumes(live_client, drain):
     created = submit(live_client, epochs=3, train_samples=6000, validation_split=0.1)
     path = f"/experiments/{created['id']}/events"
     worker = threading.Thread(target=drain)
-    worker.start()
     try:
-        events = stream(live_client, path)
+        # Training starts once the stream is open: a stream opened after the first epoch (a
+        # loaded machine, a run on a kept compiled model) would replay it before any progress.
+        events = stream_then_start(live_client, path, worker)
     finally:
-        worker.join()
+        if worker.ident is not None:  # Started.
+            worker.join()
 
     kinds = [event.event for event in events]
     statuses = [event.data["status"] for event in events if event.event == "status"]

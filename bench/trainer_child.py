@@ -114,10 +114,14 @@ def main() -> None:
         for name in HEAPS:
             runs[name].append(seconds_per_run(args.runs, name))
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; medians of {args.repeats}")
-    every, kept_out = print_table("a process importing Keras, with | CPU seconds", starts)
+    every, kept_out = print_table(
+        "a process importing Keras, with | CPU seconds, start to end", starts
+    )
     print(f"| ratio kept out / every library | {kept_out / every:.2f} |")
     print()
-    finalized, exited = print_table("a process with Keras loaded leaves by | CPU seconds", exits)
+    finalized, exited = print_table(
+        "a process with Keras loaded leaves by | CPU seconds, start to end", exits
+    )
     print(f"| finalization's own cost | {finalized - exited:.2f} |")
     print(f"| ratio os._exit / finalization | {exited / finalized:.2f} |")
     print()
